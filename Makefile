@@ -1,0 +1,30 @@
+# mafs_ros developer entry points. `make test` is the test command (CI: .ci/run).
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+# The test command, exactly as in the README.
+TEST_CMD := $(PYTHON) -m pytest -q test
+
+.PHONY: setup test demo clean distclean
+
+## setup: create/update .venv, the editable install and the generated messages (fast when up to date)
+setup:
+	@bash scripts/setup_env.sh
+
+## test: setup, then run the test suite
+test: setup
+	$(TEST_CMD)
+
+## demo: setup, then run the demo (placeholder until `mafs demo` exists)
+demo: setup
+	$(VENV)/bin/mafs fuse --ir data/sample/ir --vi data/sample/vi --out demo_out
+
+## clean: remove build products (keeps the venv; `make distclean` removes it too)
+clean:
+	rm -rf build install log demo_out .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

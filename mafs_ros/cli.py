@@ -1,0 +1,312 @@
+"""The `mafs` command line: one argparse sub-command per task, all registered in `COMMANDS`.
+
+To add a sub-command, write `add_<name>_arguments(parser)` and `run_<name>(args) -> exit code` (import
+heavy modules inside `run_<name>`, so `mafs --help` stays fast) and append a `Command` to `COMMANDS`.
+Commands that run the network take the shared engine options with `add_engine_arguments` and build the
+engine with `engine_from_args`.
+
+Exit codes: 0 all fine, 1 some inputs failed (the rest were processed), 2 nothing could be done (bad
+arguments, unusable checkpoint or device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .engine import MafsEngine
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared engine options
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --device, --precision, --thermal-norm, --size-policy (see MafsEngine)."""
+    group = parser.add_argument_group("model and device")
+    group.add_argument("--checkpoint", type=Path, default=None,
+                       help="mafs_ros checkpoint (.safetensors); default: the packaged one")
+    group.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="fp16/bf16 use autocast and need CUDA (default: fp32)")
+    group.add_argument("--thermal-norm", default=None, metavar="SPEC",
+                       help="override the checkpoint's thermal normalisation: fixed, fixed:LO,HI, minmax, "
+                            "percentile or percentile:P_LO,P_HI")
+    group.add_argument("--size-policy", default="resize", choices=["resize", "pad"],
+                       help="resize to a multiple of 32 (official protocol, default) or reflect-pad")
+
+
+def engine_from_args(args: argparse.Namespace) -> "MafsEngine":
+    """A MafsEngine from the options of `add_engine_arguments` (raises its construction errors)."""
+    from .engine import MafsEngine
+
+    return MafsEngine(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        thermal_normalization=args.thermal_norm,
+        size_policy=args.size_policy,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs fuse
+
+
+def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ir", type=Path, required=True,
+                        help="thermal image file or folder (8/16-bit or float TIFF; colour files: red channel)")
+    parser.add_argument("--vi", type=Path, required=True,
+                        help="visible image file or folder; folders are paired by file stem, two files are "
+                             "paired as given and the outputs take the visible file's stem")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: fused/, labels/ (class ids, mono8) and overlay/ PNGs")
+    add_engine_arguments(parser)
+
+
+def _image_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Image files of a folder by stem, and messages for stems that occur with several suffixes."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            by_stem.setdefault(path.stem, []).append(path)
+    problems = [
+        f"ambiguous stem {stem!r} in {folder}: {', '.join(p.name for p in paths)}"
+        for stem, paths in by_stem.items()
+        if len(paths) > 1
+    ]
+    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}, problems
+
+
+def collect_pairs(ir: Path, vi: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """(stem, ir file, vi file) pairs from two files or two folders (matched by file stem), and messages
+    for what could not be paired. Raises ValueError if the paths are neither two files nor two folders."""
+    for path in (ir, vi):
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {path}")
+    if ir.is_file() and vi.is_file():
+        return [(vi.stem, ir, vi)], []
+    if not (ir.is_dir() and vi.is_dir()):
+        raise ValueError(f"--ir and --vi must be two files or two folders, got {ir} and {vi}")
+    ir_files, problems = _image_files(ir)
+    vi_files, vi_problems = _image_files(vi)
+    problems += vi_problems
+    unmatched = ((ir, vi, ir_files.keys() - vi_files.keys()), (vi, ir, vi_files.keys() - ir_files.keys()))
+    for folder, other, only in unmatched:
+        if only:
+            problems.append(f"no partner in {other} for {len(only)} file(s) of {folder}: {', '.join(sorted(only))}")
+    pairs = [(stem, ir_files[stem], vi_files[stem]) for stem in sorted(ir_files.keys() & vi_files.keys())]
+    return pairs, problems
+
+
+def read_visible(path: Path) -> np.ndarray:
+    """A visible image file as (H, W, 3) uint8 RGB (grey files are expanded, 16-bit reduced to 8)."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image file {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_thermal(path: Path) -> np.ndarray:
+    """A thermal image file unchanged in depth (8/16-bit, float TIFF) as (H, W); from a colour file the
+    first (red) channel is kept, as the official code keeps the first channel of its RGB tensor."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image file {path}")
+    if image.ndim == 3:
+        image = image[:, :, 2] if image.shape[2] in (3, 4) else image[:, :, 0]  # OpenCV stores BGR(A)
+    return image
+
+
+def run_fuse(args: argparse.Namespace) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    try:
+        pairs, problems = collect_pairs(args.ir, args.vi)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    for message in problems:
+        logger.error("%s", message)
+    if not pairs:
+        logger.error("no image pairs found (ir: %s, vi: %s)", args.ir, args.vi)
+        return 2
+    from .checkpoint import CheckpointError
+
+    try:
+        engine = engine_from_args(args)
+    except (CheckpointError, ValueError, RuntimeError) as exc:  # bad checkpoint, device, precision, norm
+        logger.error("cannot set up the model: %s", exc)
+        return 2
+
+    folders = {name: args.out / name for name in ("fused", "labels", "overlay")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    failures = len(problems)
+    written = 0
+    for stem, ir_path, vi_path in tqdm(pairs, desc="fuse", unit="pair", disable=None):
+        try:
+            result = engine.infer(read_visible(vi_path), read_thermal(ir_path), want_confidence=False,
+                                  want_overlay=True)
+        except ValueError as exc:
+            failures += 1
+            logger.error("pair %r (ir %s, vi %s): %s", stem, ir_path, vi_path, exc)
+            continue
+        outputs = {
+            "fused": cv2.cvtColor(result.fused_rgb, cv2.COLOR_RGB2BGR),
+            "labels": result.labels,
+            "overlay": cv2.cvtColor(result.overlay, cv2.COLOR_RGB2BGR),
+        }
+        failed = [name for name, image in outputs.items() if not cv2.imwrite(str(folders[name] / f"{stem}.png"), image)]
+        if failed:
+            failures += 1
+            logger.error("pair %r: could not write %s under %s", stem, ", ".join(failed), args.out)
+            continue
+        written += 1
+    summary = f"mafs fuse: {written} of {len(pairs)} pair(s) written to {args.out}"
+    print(summary + (f"; {failures} problem(s), see the messages above" if failures else ""))
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs import-official
+
+
+def add_import_official_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("official", type=Path, metavar="CKPT",
+                        help="checkpoint released with the paper ({'MTAN': state_dict} or a bare state dict)")
+    parser.add_argument("--classes", type=int, required=True,
+                        help="classes of its seg head: 9 (MFNet/MSRS), 15 (FMB) or 5 (PST900)")
+    parser.add_argument("--out", type=Path, required=True, help="our checkpoint to write (.safetensors)")
+
+
+def run_import_official(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .class_sets import default_class_set
+    from .model import build_model
+    from .model.official import OfficialCheckpointError, load_official_checkpoint
+
+    try:
+        cfg, state_dict = load_official_checkpoint(args.official, args.classes)
+    except (FileNotFoundError, OfficialCheckpointError) as exc:
+        logger.error("%s", exc)
+        return 2
+    net = build_model(cfg)
+    net.load_state_dict(state_dict, strict=True)
+    class_set = default_class_set(args.classes)
+    save_checkpoint(
+        args.out, net, class_set.class_names, class_set.palette,
+        # The official test code feeds the 8-bit infrared PNGs divided by 255.
+        thermal_normalization="fixed", trained=True,
+        description=f"official MAFS checkpoint {args.official.name}, converted by mafs import-official",
+        extra={"official_source": str(args.official), "class_set": class_set.name},
+    )
+    print(f"wrote {args.out} ({cfg.name}, {args.classes} classes {class_set.name}, eaef_gate={cfg.eaef_gate})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs model-info
+
+
+def add_model_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="mafs-lite", help="named model config (mafs, mafs-lite)")
+    parser.add_argument("--classes", type=int, default=9, help="number of classes (default 9)")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+
+
+def run_model_info(args: argparse.Namespace) -> int:
+    from .model import build_model, get_config
+    from .model.complexity import count_macs, count_parameters
+
+    net = build_model(get_config(args.config, num_classes=args.classes))
+    params = count_parameters(net)
+    macs = count_macs(net, args.height, args.width)
+    print(f"{args.config}: {params / 1e6:.3f} M parameters, {macs / 1e9:.2f} GMACs at {args.height}x{args.width}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Registry and entry point
+
+
+COMMANDS: list[Command] = [
+    Command("fuse", "fuse and segment image pairs from files or folders (no ROS needed)",
+            add_fuse_arguments, run_fuse),
+    Command("import-official", "convert a checkpoint released with the MAFS paper into ours (strict)",
+            add_import_official_arguments, run_import_official),
+    Command("model-info", "parameters and multiply-accumulates of a model config",
+            add_model_info_arguments, run_model_info),
+]
+
+
+class _TqdmLogHandler(logging.StreamHandler):
+    """Writes log records through tqdm, so messages do not break a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: never raise from a handler
+            self.handleError(record)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mafs", description="MAFS infrared-visible image fusion and semantic segmentation."
+    )
+    parser.add_argument("--version", action="version", version=f"mafs_ros {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="verbosity of the messages on stderr (default: INFO)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]), run the sub-command and return its exit code."""
+    args = build_parser().parse_args(argv)
+    # Messages of the mafs_ros loggers go to stderr (the stream current now, so tests can capture it).
+    handler = _TqdmLogHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("mafs_ros")
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(args.log_level)
+    try:
+        return args.run(args)
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)

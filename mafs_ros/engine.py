@@ -1,0 +1,413 @@
+"""MafsEngine: numpy images in, fused image + labels out. The only place that knows about devices,
+precision, pre- and post-processing; the CLI, the ROS node, replay and evaluation all go through it.
+
+Pipeline for one (visible, thermal) pair of size H x W:
+
+    visible uint8 RGB (H,W,3) -> float [0,1] (1,3,H,W) on the device -> (Y, Cb, Cr) at H x W
+    thermal (H,W) uint8/uint16/float -> ThermalNormalization -> float [0,1] (1,1,H,W) on the device
+    -> network input size: `resize` (default, the official test protocol, spec §5.1): PIL-like bicubic to
+       the largest multiple of 32 not exceeding H x W; `pad`: reflect-pad bottom/right to the next multiple
+    -> model(vi, ir) -> fused Y, semantic logits at the network size
+    -> back to H x W (resize: bicubic for Y, bilinear for logits; pad: crop)
+    -> fused RGB = YCbCr->RGB(fused Y, Cb and Cr of the *original-resolution* visible image); labels =
+       argmax of the logits (uint8); confidence = max softmax probability.
+
+Colour convention: the official fusion.py restores colour at the network size with the resized visible
+Cb/Cr and then resizes the RGB result back. We resize only the fused Y back and combine it with the
+full-resolution Cb/Cr, which keeps the visible image's chroma detail. At sizes that are multiples of 32
+(MSRS, MFNet: 480x640) nothing is resized and both give the same image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import Checkpoint, InputConventions, build_model_from_checkpoint, load_checkpoint
+from .class_sets import IGNORE_LABEL, default_class_set
+from .imaging import THERMAL_DTYPES, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
+from .model import MafsConfig
+
+logger = logging.getLogger(__name__)
+
+SIZE_POLICIES = ("resize", "pad")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class FusionResult:
+    """The engine's output for one pair, all at the input resolution H x W.
+
+    fused_rgb:  (H, W, 3) uint8 RGB, fused luminance with the visible image's chroma.
+    fused_y:    (H, W) uint8 fused luminance.
+    labels:     (H, W) uint8 class ids 0..num_classes-1 (255 is reserved for "ignore", never predicted).
+    confidence: (H, W) float32 max softmax probability in [0, 1], or None if not requested.
+    overlay:    (H, W, 3) uint8 label colours blended over fused_rgb, or None if not requested.
+    timings:    milliseconds: preprocess_ms, inference_ms, postprocess_ms (for a batch: the batch's time
+                divided by its size).
+    """
+
+    fused_rgb: np.ndarray
+    fused_y: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray | None
+    overlay: np.ndarray | None
+    timings: dict[str, float]
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """'auto' (cuda:0 if available, else cpu; logged), 'cpu', 'cuda' or 'cuda:N' -> torch.device.
+
+    Raises RuntimeError if CUDA is requested but unavailable or N is out of range, ValueError for other
+    strings.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda:0")
+            logger.info("device auto -> %s (%s)", device, torch.cuda.get_device_name(device))
+        else:
+            device = torch.device("cpu")
+            logger.info("device auto -> cpu (CUDA is not available)")
+        return device
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index_text = text.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {spec!r} requested but CUDA is not available (torch {torch.__version__}, "
+                f"built with CUDA: {torch.version.cuda is not None}); use device 'cpu' or 'auto'"
+            )
+        index = int(index_text)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise RuntimeError(f"device {spec!r} requested but only {count} CUDA device(s) exist (cuda:0..{count - 1})")
+        return torch.device("cuda", index)
+    raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+class MafsEngine:
+    """Runs a MAFS network on (visible, thermal) numpy pairs.
+
+    Build it from a checkpoint file (None: the packaged DEFAULT_CHECKPOINT) or a loaded `Checkpoint`, or
+    from an already-built `model` (tests, training) whose `model.config` is its MafsConfig; class names and
+    palette then default to `class_sets.default_class_set(num_classes)` and the thermal normalisation to
+    "fixed". The engine moves the model to `device` and puts it in eval mode.
+
+    device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (see `resolve_device`).
+    precision: 'fp32', or 'fp16'/'bf16' (autocast, CUDA only; the weights stay fp32).
+    thermal_normalization: overrides the checkpoint's (a ThermalNormalization, spec string or dict).
+    size_policy: 'resize' (official protocol, default) or 'pad' (reflect-pad to a multiple of 32, crop back).
+    warmup: forward passes at `warmup_size` (H, W) run once here, so the first real frame is not slow.
+    overlay_alpha: label colour weight of `FusionResult.overlay`.
+    """
+
+    def __init__(
+        self,
+        checkpoint: "str | Path | Checkpoint | None" = None,
+        *,
+        model: nn.Module | None = None,
+        class_names: Sequence[str] | None = None,
+        palette: Any = None,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        thermal_normalization: "str | dict[str, Any] | ThermalNormalization | None" = None,
+        size_policy: str = "resize",
+        warmup: int = 0,
+        warmup_size: tuple[int, int] = (480, 640),
+        overlay_alpha: float = 0.5,
+    ) -> None:
+        if size_policy not in SIZE_POLICIES:
+            raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if not 0.0 <= overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
+
+        self._device = resolve_device(device)
+        if precision != "fp32":
+            if self._device.type != "cuda":
+                raise ValueError(f"precision {precision!r} needs a CUDA device (got {self._device}); use fp32 on CPU")
+            if precision == "bf16" and not torch.cuda.is_bf16_supported():
+                raise ValueError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
+
+        if model is not None:
+            if checkpoint is not None:
+                raise ValueError("give either a checkpoint or a model, not both")
+            config = getattr(model, "config", None)
+            if not isinstance(config, MafsConfig):
+                raise ValueError("the model needs its MafsConfig as `model.config` (use build_model())")
+            defaults = default_class_set(config.num_classes)
+            self._class_names = tuple(class_names) if class_names is not None else defaults.class_names
+            self._palette = np.asarray(palette if palette is not None else defaults.palette, dtype=np.uint8)
+            inputs = InputConventions()
+            self._trained: bool | None = None
+            self._checkpoint_path: Path | None = None
+        else:
+            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+            model = build_model_from_checkpoint(ckpt)
+            config = ckpt.config
+            self._class_names = tuple(class_names) if class_names is not None else ckpt.class_names
+            self._palette = np.asarray(palette, dtype=np.uint8) if palette is not None else ckpt.palette
+            inputs = ckpt.inputs
+            self._trained = ckpt.trained
+            self._checkpoint_path = ckpt.path
+        if not 2 <= config.num_classes < IGNORE_LABEL:
+            raise ValueError(f"num_classes must be in 2..{IGNORE_LABEL - 1} for uint8 labels, got {config.num_classes}")
+        if len(self._class_names) != config.num_classes or self._palette.shape != (config.num_classes, 3):
+            raise ValueError(
+                f"{len(self._class_names)} class names / palette {self._palette.shape} do not match "
+                f"the model's {config.num_classes} classes"
+            )
+
+        self._config = config
+        self._model = model.to(self._device).eval()
+        self._precision = precision
+        self._size_policy = size_policy
+        self._size_multiple = inputs.size_multiple
+        self._thermal_normalization = (
+            ThermalNormalization.from_spec(thermal_normalization)
+            if thermal_normalization is not None
+            else inputs.thermal_normalization
+        )
+        self._overlay_alpha = overlay_alpha
+        logger.info(
+            "MafsEngine: %s (%d classes) on %s, %s, thermal %s, size policy %s",
+            config.name, config.num_classes, self._device, precision, self._thermal_normalization, size_policy,
+        )
+        if warmup > 0:
+            self.warmup(warmup, warmup_size)
+
+    # ------------------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def config(self) -> MafsConfig:
+        return self._config
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(num_classes, 3) uint8 RGB."""
+        return self._palette
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def size_policy(self) -> str:
+        return self._size_policy
+
+    @property
+    def thermal_normalization(self) -> ThermalNormalization:
+        return self._thermal_normalization
+
+    @property
+    def checkpoint_trained(self) -> bool | None:
+        """The checkpoint's `trained` flag; None when the engine was built from a model."""
+        return self._trained
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self._checkpoint_path
+
+    # ------------------------------------------------------------------------------------------------
+    # Inference
+
+    def warmup(self, iterations: int = 1, size: tuple[int, int] = (480, 640)) -> None:
+        """Run `iterations` forward passes on blank (H, W) = `size` inputs (kernel selection, allocation)."""
+        rgb = np.zeros((*size, 3), dtype=np.uint8)
+        thermal = np.zeros(size, dtype=np.uint8)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            self.infer(rgb, thermal, want_confidence=False)
+        logger.info("warm-up: %d pass(es) at %dx%d in %.0f ms", iterations, *size, (time.perf_counter() - start) * 1e3)
+
+    def infer(
+        self, rgb: np.ndarray, thermal: np.ndarray, *, want_confidence: bool = True, want_overlay: bool = False
+    ) -> FusionResult:
+        """Fuse and segment one pair.
+
+        rgb: (H, W, 3) uint8 RGB. thermal: (H, W) (or (H, W, 1); (H, W, 3) uses channel 0 like the official
+        code) uint8, uint16, float32 or float64, normalised by the engine's ThermalNormalization.
+        Raises ValueError naming the problem for invalid inputs.
+        """
+        return self.infer_batch([(rgb, thermal)], want_confidence=want_confidence, want_overlay=want_overlay)[0]
+
+    def infer_batch(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        *,
+        want_confidence: bool = True,
+        want_overlay: bool = False,
+        max_batch_size: int | None = None,
+    ) -> list[FusionResult]:
+        """`infer` for several pairs: same-size pairs go through the network together (at most
+        `max_batch_size` per forward). Results are in input order. All pairs are validated first; a bad
+        one raises ValueError naming its index.
+        """
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        thermals = []
+        for index, (rgb, thermal) in enumerate(pairs):
+            try:
+                thermals.append(self._validate(rgb, thermal))
+            except ValueError as exc:
+                raise ValueError(f"pair {index}: {exc}" if len(pairs) > 1 else str(exc)) from None
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (rgb, _) in enumerate(pairs):
+            groups.setdefault(rgb.shape[:2], []).append(index)
+        step = max_batch_size or len(pairs)
+        results: list[FusionResult | None] = [None] * len(pairs)
+        for indices in groups.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                batch = [(pairs[i][0], thermals[i]) for i in chunk]
+                for i, result in zip(chunk, self._run(batch, want_confidence, want_overlay)):
+                    results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _validate(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+        """Check one pair; return the thermal image as (H, W)."""
+        if not isinstance(rgb, np.ndarray):
+            raise ValueError(f"visible image must be a numpy array, got {type(rgb).__name__}")
+        if not isinstance(thermal, np.ndarray):
+            raise ValueError(f"thermal image must be a numpy array, got {type(thermal).__name__}")
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"visible image must be uint8, got {rgb.dtype}")
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"visible image must be (H, W, 3) RGB, got shape {rgb.shape}")
+        if thermal.dtype not in [np.dtype(d) for d in THERMAL_DTYPES]:
+            raise ValueError(f"thermal image must be uint8, uint16, float32 or float64, got {thermal.dtype}")
+        if thermal.ndim == 3 and thermal.shape[2] in (1, 3):
+            thermal = thermal[:, :, 0]
+        if thermal.ndim != 2:
+            raise ValueError(f"thermal image must be (H, W) (or (H, W, 1) / (H, W, 3)), got shape {thermal.shape}")
+        if rgb.size == 0 or thermal.size == 0:
+            raise ValueError(f"empty image: visible {rgb.shape}, thermal {thermal.shape}")
+        if rgb.shape[:2] != thermal.shape:
+            raise ValueError(
+                f"thermal {thermal.shape[0]}x{thermal.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} "
+                "differ in size; register/resize them to the same size first"
+            )
+        m = self._size_multiple
+        if min(thermal.shape) < m:
+            raise ValueError(f"image {thermal.shape[0]}x{thermal.shape[1]} is too small: both sides need >= {m} px")
+        return thermal
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def _network_size(self, height: int, width: int) -> tuple[int, int]:
+        m = self._size_multiple
+        if self._size_policy == "resize":
+            return height // m * m, width // m * m
+        return -(-height // m) * m, -(-width // m) * m
+
+    @torch.inference_mode()
+    def _run(
+        self, batch: list[tuple[np.ndarray, np.ndarray]], want_confidence: bool, want_overlay: bool
+    ) -> list[FusionResult]:
+        """One forward for same-size, validated pairs (thermal already (H, W))."""
+        self._sync()
+        t0 = time.perf_counter()
+        height, width = batch[0][1].shape
+        net_size = self._network_size(height, width)
+        vi = torch.stack([self._visible_tensor(rgb) for rgb, _ in batch])  # (B,3,H,W)
+        ir = torch.stack([self._thermal_normalization.apply(th, self._device) for _, th in batch]).unsqueeze(1)
+        _, cb, cr = rgb_to_ycbcr(vi)  # (B,1,H,W) each, for colour restoration at full resolution
+        vi_net, ir_net = self._to_network_size(vi, net_size), self._to_network_size(ir, net_size)
+        self._sync()
+        t1 = time.perf_counter()
+
+        dtype = PRECISIONS[self._precision]
+        autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            out = self._model(vi_net, ir_net)
+        self._sync()
+        t2 = time.perf_counter()
+
+        fused = self._from_network_size(out.fused.float(), (height, width), "bicubic").clamp(0.0, 1.0)
+        logits = self._from_network_size(out.semantic.float(), (height, width), "bilinear")
+        # contiguous: (H, W, 3) numpy images that OpenCV and ROS messages take without a copy
+        fused_rgb = to_uint8(ycbcr_to_rgb(fused, cb, cr)).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        fused_y = to_uint8(fused[:, 0]).cpu().numpy()
+        labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        confidence = torch.softmax(logits, dim=1).amax(dim=1).cpu().numpy() if want_confidence else None
+        results = []
+        for i in range(len(batch)):
+            overlay_img = (
+                overlay(fused_rgb[i], labels[i], self._palette, self._overlay_alpha) if want_overlay else None
+            )
+            results.append(
+                FusionResult(
+                    fused_rgb=fused_rgb[i],
+                    fused_y=fused_y[i],
+                    labels=labels[i],
+                    confidence=confidence[i] if confidence is not None else None,
+                    overlay=overlay_img,
+                    timings={},
+                )
+            )
+        t3 = time.perf_counter()
+        n = len(batch)
+        timings = {
+            "preprocess_ms": (t1 - t0) * 1e3 / n,
+            "inference_ms": (t2 - t1) * 1e3 / n,
+            "postprocess_ms": (t3 - t2) * 1e3 / n,
+        }
+        for result in results:
+            result.timings = dict(timings)
+        return results
+
+    def _visible_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1] on the device (converted after the transfer,
+        so only uint8 bytes cross the bus)."""
+        if not (rgb.flags.c_contiguous and rgb.flags.writeable):
+            rgb = np.array(rgb, order="C", copy=True)
+        t = torch.from_numpy(rgb).to(self._device, non_blocking=True)
+        return t.permute(2, 0, 1).float().div_(255.0)
+
+    def _to_network_size(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B,C,H,W) in [0,1] -> (B,C,*size): PIL-like bicubic resize (antialiased), or reflect padding."""
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if self._size_policy == "resize":
+            return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+        pad_h, pad_w = size[0] - x.shape[-2], size[1] - x.shape[-1]
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+
+    def _from_network_size(self, x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+        """Inverse of `_to_network_size` for a network output: resize with `mode`, or crop the padding."""
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if self._size_policy == "resize":
+            antialias = mode == "bicubic"
+            return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
+        return x[..., : size[0], : size[1]]

@@ -1,0 +1,54 @@
+"""pip install of the mafs_ros Python package, for machines without ROS (training, CLI, fuse, replay).
+
+On a ROS machine the package is built with colcon instead (package.xml + CMakeLists.txt: messages, Python
+sources, launch/config files, `ros2 run` launchers). Both install the same `mafs_ros` package; the ROS
+messages (`mafs_ros.msg`) only exist in the CMake build. `mafs_ros.ros` needs rclpy, which pip cannot
+provide from this file (see requirements.txt for the PyPI ROS 2 wheels).
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__\s*=\s*["\']([^"\']+)["\']',
+                    (HERE / 'mafs_ros' / '__init__.py').read_text(encoding='utf-8'), re.M).group(1)
+
+setup(
+    name='mafs_ros',
+    version=VERSION,
+    description='MAFS infrared-visible image fusion and semantic segmentation, with a ROS 2 node',
+    license='Apache-2.0',
+    maintainer='mafs_ros maintainers',
+    maintainer_email='maintainers@mafs-ros.org',
+    python_requires='>=3.10',
+    # package_dir {'': '.'}: `pip install -e .` then writes a plain .pth holding this directory (setuptools'
+    # "src-layout" static strategy) instead of an import hook; scripts/setup_env.sh relies on the repository
+    # being a normal sys.path entry so that pkgutil.extend_path can merge the generated mafs_ros.msg.
+    package_dir={'': '.'},
+    packages=find_packages(include=['mafs_ros', 'mafs_ros.*']),
+    package_data={'mafs_ros': ['config/*.yaml', 'checkpoints/*.safetensors']},
+    include_package_data=False,
+    install_requires=[
+        'numpy',
+        'torch',
+        'opencv-python-headless',
+        'pyyaml',
+        'tqdm',
+        'rosbags',
+        'safetensors',
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest', 'catkin_pkg'],
+        'onnx': ['onnx', 'onnxruntime'],
+    },
+    entry_points={
+        'console_scripts': [
+            'mafs = mafs_ros.cli:main',
+            'mafs_node = mafs_ros.ros.node:main',
+        ],
+    },
+    zip_safe=False,
+)
