@@ -139,3 +139,32 @@ def test_mismatched_inputs_are_rejected() -> None:
     net = build_model(get_config("mafs-lite", num_classes=9)).eval()
     with pytest.raises(ValueError, match="differ"):
         net(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 32, 64))
+
+
+def test_import_official_command_writes_a_loadable_checkpoint(
+    official_weights: dict[str, torch.Tensor], tmp_path, capsys
+) -> None:
+    from mafs_ros.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from mafs_ros.cli import main
+
+    official = tmp_path / "mafs_fmb.pth"
+    torch.save({"MTAN": official_weights}, official)
+    ours = tmp_path / "mafs_fmb.safetensors"
+    assert main(["import-official", str(official), "--classes", "15", "--out", str(ours)]) == 0
+    checkpoint = load_checkpoint(ours)
+    assert checkpoint.config.num_classes == 15 and len(checkpoint.class_names) == 15
+    net = build_model_from_checkpoint(checkpoint)
+    fixture = load_fixture("whole_model")
+    with torch.no_grad():
+        out = net(*fixture["inputs"])
+    assert max_abs_error(out.semantic, fixture["outputs"][0]) <= PARITY_ATOL
+    assert main(["import-official", str(official), "--classes", "9", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "15 classes" in capsys.readouterr().err
+
+
+def test_model_info_reports_lite_budget(capsys) -> None:
+    from mafs_ros.cli import main
+
+    assert main(["model-info", "--config", "mafs-lite"]) == 0
+    gmacs = float(capsys.readouterr().out.split("M parameters, ")[1].split(" GMACs")[0])
+    assert 1.0 < gmacs <= 8.0  # the budget for mafs-lite at 480x640
