@@ -255,6 +255,143 @@ def run_model_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# mafs eval
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True,
+                        help="a folder with ir/ and vi/ (label/ optional, may cover some pairs), or a dataset "
+                             "root (msrs, mfnet, fmb, pst900 layouts; see mafs_ros/train/data.py)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: report.json, report.md, contact_sheet.png")
+    parser.add_argument("--layout", default="auto",
+                        help="folder layout: auto (default), pairs, msrs, mfnet, fmb or pst900")
+    parser.add_argument("--split", default="test", help="split of a dataset root (default: test)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N pairs (sorted by stem; MFNet: split-list order)")
+    parser.add_argument("--contact-sheet", type=int, default=4, metavar="N",
+                        help="images shown in contact_sheet.png (default 4; 0: no contact sheet)")
+    parser.add_argument("--save-fused", action="store_true",
+                        help="also write the fused luminance the metrics use to OUT/fused/<stem>.png")
+    add_engine_arguments(parser)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import evaluate, fusion_table
+    from .train.data import discover_pairs
+
+    if args.limit is not None and args.limit < 1:
+        logger.error("--limit must be at least 1, got %d", args.limit)
+        return 2
+    if args.contact_sheet < 0:
+        logger.error("--contact-sheet must not be negative, got %d", args.contact_sheet)
+        return 2
+    try:  # refuses a dataset with any unpaired file or missing folder, listing every problem
+        pairs = discover_pairs(args.data, layout=args.layout, split=args.split)[: args.limit]
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("%d pair(s) to evaluate, %d with a label", len(pairs), sum(p.label is not None for p in pairs))
+    try:
+        engine = engine_from_args(args)
+    except (CheckpointError, ValueError, RuntimeError) as exc:  # bad checkpoint, device, precision, norm
+        logger.error("cannot set up the model: %s", exc)
+        return 2
+
+    try:
+        report = evaluate(engine, pairs, args.out, contact_sheet_count=args.contact_sheet,
+                          save_fused=args.save_fused)
+    except ValueError as exc:  # no pair could be evaluated (each one was logged)
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("cannot write the evaluation outputs: %s", exc)
+        return 2
+    print(f"mafs eval: {report['images']} of {len(pairs)} pair(s) evaluated; report in {args.out / 'report.json'} "
+          f"and {args.out / 'report.md'}")
+    print(fusion_table(report["fusion"]))
+    seg = report.get("segmentation")
+    if seg is not None:
+        miou = "n/a" if seg["mIoU"] is None else f"{100 * seg['mIoU']:.2f} %"
+        print(f"segmentation: mIoU {miou} over {seg['num_images']} labelled image(s)")
+    if report["checkpoint"]["trained"] is False:
+        print("(the checkpoint is UNTRAINED: these numbers are meaningless)")
+    return 1 if report["skipped"] else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs metrics
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ir", type=Path, required=True, help="folder of 8-bit infrared images")
+    parser.add_argument("--vi", type=Path, required=True, help="folder of visible images (RGB or grey)")
+    parser.add_argument("--fused", type=Path, required=True,
+                        help="folder of fused images by any method (8-bit grey, or RGB: its luma is used); "
+                             "the three folders are paired by file stem")
+    parser.add_argument("--out", type=Path, required=True, help="JSON report to write")
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    from .evaluate import fusion_table, metrics_report, write_json
+
+    try:
+        report = metrics_report(args.ir, args.vi, args.fused)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        write_json(args.out, report)
+    except OSError as exc:
+        logger.error("cannot write %s: %s", args.out, exc)
+        return 2
+    skipped = len(report["skipped"])
+    print(f"mafs metrics: {len(report['per_image'])} image(s) evaluated, report in {args.out}"
+          + (f"; {skipped} skipped, see the messages above" if skipped else ""))
+    print(fusion_table(report))
+    return 1 if skipped else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="training recipe (YAML), e.g. config/train/mafs_lite.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set stage2.epochs=3 (YAML value syntax)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .train.config import load_train_config
+    from .train.trainer import train
+
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            logger.error("--set needs KEY=VALUE, got %r", item)
+            return 2
+        overrides[key] = yaml.safe_load(value)
+    try:
+        cfg = load_train_config(args.config, overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        path = train(cfg, resume=args.resume)
+    except KeyboardInterrupt as exc:
+        logger.warning("%s", exc)
+        return 130
+    print(f"trained checkpoint: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Registry and entry point
 
 
@@ -265,6 +402,12 @@ COMMANDS: list[Command] = [
             add_import_official_arguments, run_import_official),
     Command("model-info", "parameters and multiply-accumulates of a model config",
             add_model_info_arguments, run_model_info),
+    Command("train", "train MAFS from a YAML recipe (Stage I + Stage II; torchrun for DDP)",
+            add_train_arguments, run_train),
+    Command("eval", "fusion and segmentation metrics of a checkpoint on a folder or dataset split",
+            add_eval_arguments, run_eval),
+    Command("metrics", "fusion metrics of fused images made by any method (ir/vi/fused folders)",
+            add_metrics_arguments, run_metrics),
 ]
 
 

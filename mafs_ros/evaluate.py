@@ -1,0 +1,491 @@
+"""Evaluation: a MAFS engine on a set of image pairs (`mafs eval`), and fusion metrics of fused images made by
+any method (`mafs metrics`). ROS-agnostic; every number comes from `mafs_ros.metrics`.
+
+Fusion metrics take three 8-bit grey images (see `metrics`):
+
+- A, the infrared image. `evaluate` uses the thermal image as the network sees it: the engine's thermal
+  normalisation x 255, rounded (`thermal_u8`). For 8-bit thermal under the default "fixed" normalisation this
+  is the file itself; 16-bit or float thermal is reduced to 8 bits by that same normalisation (e.g. "fixed"
+  maps 0..65535 to 0..255, "percentile" stretches each frame). `metrics_report` takes 8-bit infrared files only.
+- B, the visible luma: `metrics.luma_u8` of the RGB visible image.
+- F, the fused image: the engine's fused luminance (`FusionResult.fused_y`) in `evaluate`; in
+  `metrics_report`, the fused file itself if it is grey, else `luma_u8` of its RGB.
+
+Report layouts
+--------------
+Fusion layout (`fusion_report`, the whole file written by `mafs metrics`)::
+
+    {"per_image": {stem: {metric: value}},   # metrics in FUSION_METRIC_NAMES order
+     "mean": {metric: value},                # arithmetic mean over all images
+     "day": {...}, "night": {...}}           # only when some stems are MSRS/MFNet day/night stems
+
+`metrics_report` adds ``"skipped": {stem: reason}`` (stems without a complete, same-size ir/vi/fused triple).
+
+`evaluate` writes report.json::
+
+    {"checkpoint": {"path": str | null, "trained": bool | null, "config": "mafs-lite"},
+     "engine": {"device": "cpu", "precision": "fp32", "thermal_normalization": "fixed", "size_policy": "resize"},
+     "images": int,                          # pairs evaluated
+     "fusion": <fusion layout>,
+     "segmentation": {                       # only when at least one evaluated pair has a label
+         "mIoU": float | null, "pixel_accuracy": float | null,
+         "per_class_iou": {class_name: float | null},   # fractions in [0, 1]; null: class in neither GT nor prediction
+         "num_images": int,                  # labelled pairs in the confusion matrix
+         "ignore_index": 255, "confusion_matrix": [[int]]},   # rows = ground truth, columns = prediction
+     "skipped": {stem: reason}}
+
+Segmentation follows MAFS_SPEC §5.1: one confusion matrix over the whole set, mIoU over all classes including
+class 0, classes with undefined IoU dropped, label 255 ignored. Values that are undefined (NaN) are written as
+null, because strict JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from .class_sets import IGNORE_LABEL
+from .cli import IMAGE_SUFFIXES, read_thermal, read_visible
+from .imaging import overlay, to_uint8
+from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, day_night, fusion_metrics, luma_u8, mean_metrics
+from .train.data import PairFiles, read_label, read_rgbt
+
+if TYPE_CHECKING:
+    from .engine import MafsEngine
+
+logger = logging.getLogger(__name__)
+
+FUSION_GROUPS = ("mean", "day", "night")
+
+
+@dataclass
+class _SheetRow:
+    """The panels of one contact-sheet row."""
+
+    stem: str
+    ir: np.ndarray
+    vi: np.ndarray
+    fused: np.ndarray
+    prediction: np.ndarray
+    ground_truth: np.ndarray | None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fusion report layout
+
+
+def fusion_report(items: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str, dict[str, Any]]:
+    """The fusion layout {"per_image", "mean", ["day"], ["night"]} from (stem, {metric: value}) items.
+
+    Raises ValueError for no items or a repeated stem.
+    """
+    per_image: dict[str, dict[str, float]] = {}
+    for stem, values in items:
+        if stem in per_image:
+            raise ValueError(f"stem {stem!r} occurs twice")
+        per_image[stem] = dict(values)
+    return {"per_image": per_image, **mean_metrics(per_image)}
+
+
+def thermal_u8(engine: "MafsEngine", thermal: np.ndarray) -> np.ndarray:
+    """The infrared image A of the fusion metrics: `engine`'s thermal normalisation x 255, rounded (uint8).
+
+    This is what the network sees, so a 16-bit or float thermal frame is reduced to 8 bits exactly as the
+    engine normalises it; an 8-bit frame under the default "fixed" normalisation comes back unchanged.
+    """
+    return to_uint8(engine.thermal_normalization.apply(thermal, "cpu")).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs eval
+
+
+def evaluate(
+    engine: "MafsEngine",
+    pairs: Sequence[PairFiles],
+    out_dir: str | Path,
+    *,
+    contact_sheet_count: int = 4,
+    save_fused: bool = False,
+) -> dict[str, Any]:
+    """Run `engine` on every pair (batch 1, full resolution), compute the fusion metrics of each and the
+    segmentation metrics over the labelled ones, and write into `out_dir`:
+
+    - report.json: the report (schema in the module docstring), also returned;
+    - report.md: the same as readable tables;
+    - contact_sheet.png: infrared | visible | fused | prediction (| ground truth) rows for the first
+      `contact_sheet_count` evaluated pairs (none if 0);
+    - fused/<stem>.png if `save_fused`: the fused luminance F the metrics were computed on (8-bit grey), so
+      `mafs metrics` on that folder reproduces the report's fusion numbers.
+
+    `pairs` come from `train.data.discover_pairs` (separate ir/vi files or one MFNet RGBT file, label or
+    None). A pair that cannot be read or evaluated (bad file, size mismatch, label ids outside the classes) is
+    logged, listed under "skipped" and left out. Raises ValueError for repeated stems or when no pair could be
+    evaluated, OSError when an output cannot be written.
+    """
+    from tqdm import tqdm
+
+    stems = [pair.stem for pair in pairs]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"repeated stems: {', '.join(repeated)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fused_dir = out_dir / "fused"
+    if save_fused:
+        fused_dir.mkdir(exist_ok=True)
+
+    matrix = ConfusionMatrix(len(engine.class_names), ignore_index=IGNORE_LABEL)
+    per_image: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    labelled = 0
+    sheet: list[_SheetRow] = []
+    for pair in tqdm(pairs, desc="eval", unit="pair", disable=None):
+        try:
+            rgb, thermal, gt = _read_pair(pair, len(engine.class_names))
+            result = engine.infer(rgb, thermal, want_confidence=False)
+            if gt is not None:
+                # Before the metrics are stored, so that a bad label skips the whole pair.
+                matrix.update(result.labels, gt)
+            ir = thermal_u8(engine, thermal)
+            per_image[pair.stem] = fusion_metrics(ir, luma_u8(rgb), result.fused_y)
+        except ValueError as exc:
+            logger.error("pair %r (%s): %s", pair.stem, ", ".join(map(str, pair.image_files)), exc)
+            skipped[pair.stem] = str(exc)
+            continue
+        if gt is not None:
+            labelled += 1
+        if save_fused:
+            _write_image(fused_dir / f"{pair.stem}.png", result.fused_y)
+        if len(sheet) < contact_sheet_count:
+            sheet.append(
+                _SheetRow(
+                    stem=pair.stem,
+                    ir=ir,
+                    vi=rgb,
+                    fused=result.fused_rgb,
+                    prediction=overlay(result.fused_rgb, result.labels, engine.palette),
+                    ground_truth=overlay(rgb, gt, engine.palette) if gt is not None else None,
+                )
+            )
+    if not per_image:
+        raise ValueError(f"none of the {len(pairs)} pair(s) could be evaluated")
+
+    report: dict[str, Any] = {
+        "checkpoint": {
+            "path": str(engine.checkpoint_path) if engine.checkpoint_path is not None else None,
+            "trained": engine.checkpoint_trained,
+            "config": engine.config.name,
+        },
+        "engine": {
+            "device": str(engine.device),
+            "precision": engine.precision,
+            "thermal_normalization": str(engine.thermal_normalization),
+            "size_policy": engine.size_policy,
+        },
+        "images": len(per_image),
+        "fusion": fusion_report(per_image.items()),
+    }
+    if labelled:
+        report["segmentation"] = _segmentation_summary(matrix, engine.class_names, labelled)
+    report["skipped"] = skipped
+    report = _json_ready(report)
+
+    write_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(_markdown_report(report), encoding="utf-8")
+    if sheet:
+        _write_contact_sheet(out_dir / "contact_sheet.png", sheet, _sheet_title(report))
+    logger.info("evaluated %d pair(s); report in %s", len(per_image), out_dir)
+    return report
+
+
+def _read_pair(pair: PairFiles, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(visible RGB, thermal, uint8 label or None) of a pair; raises ValueError for unreadable files, label ids
+    outside 0..num_classes-1 (255 allowed) or a label of another size."""
+    if pair.rgbt is not None:
+        rgb, thermal = read_rgbt(pair.rgbt)
+    else:
+        rgb, thermal = read_visible(pair.vi), read_thermal(pair.ir)
+    if pair.label is None:
+        return rgb, thermal, None
+    gt = read_label(pair.label, num_classes).astype(np.uint8)  # ids < num_classes or 255: uint8 is exact
+    if gt.shape != rgb.shape[:2]:
+        raise ValueError(f"label {gt.shape[0]}x{gt.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} differ in size")
+    return rgb, thermal, gt
+
+
+def _segmentation_summary(matrix: ConfusionMatrix, class_names: Sequence[str], num_images: int) -> dict[str, Any]:
+    """The report's "segmentation" entry (spec §5.1 protocol, see `ConfusionMatrix`)."""
+    summary = matrix.to_dict()
+    return {
+        "mIoU": summary["miou"],
+        "pixel_accuracy": summary["pixel_accuracy"],
+        "per_class_iou": dict(zip(class_names, summary["per_class_iou"])),
+        "num_images": num_images,
+        "ignore_index": summary["ignore_index"],
+        "confusion_matrix": summary["confusion_matrix"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs metrics
+
+
+def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path) -> dict[str, Any]:
+    """Fusion metrics of the fused images in `fused_dir`, made by any method, against their sources.
+
+    The three folders are paired by file stem. Infrared files must be 8-bit (the metrics' grey scale); visible
+    files become `luma_u8` of their RGB; fused files are used as they are if grey, else as `luma_u8` of their
+    RGB. A stem that is not in all three folders (or is ambiguous in one), or whose three images are
+    unreadable or differ in size, is logged, listed under "skipped" with the reason and left out.
+
+    Returns the fusion layout plus "skipped". Raises ValueError if a folder does not exist or no stem could
+    be evaluated.
+    """
+    from tqdm import tqdm
+
+    folders = {"ir": Path(ir_dir), "vi": Path(vi_dir), "fused": Path(fused_dir)}
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            raise ValueError(f"{name} folder {folder} does not exist")
+    files = {name: _images_by_stem(folder) for name, folder in folders.items()}
+
+    skipped: dict[str, str] = {}
+    triples: list[tuple[str, Path, Path, Path]] = []
+    for stem in sorted(set().union(*files.values())):
+        missing = [f"no {name} image in {folders[name]}" for name in folders if stem not in files[name]]
+        ambiguous = [
+            f"several {name} files ({', '.join(p.name for p in files[name][stem])})"
+            for name in folders
+            if len(files[name].get(stem, [])) > 1
+        ]
+        if missing or ambiguous:
+            skipped[stem] = "; ".join(missing + ambiguous)
+        else:
+            triples.append((stem, files["ir"][stem][0], files["vi"][stem][0], files["fused"][stem][0]))
+
+    per_image: dict[str, dict[str, float]] = {}
+    for stem, ir_path, vi_path, fused_path in tqdm(triples, desc="metrics", unit="image", disable=None):
+        try:
+            ir = read_thermal(ir_path)
+            if ir.dtype != np.uint8:
+                raise ValueError(f"infrared {ir_path} is {ir.dtype}; the metrics need 8-bit infrared images")
+            vi = luma_u8(read_visible(vi_path))
+            fused = _read_fused_luma(fused_path)
+            if not ir.shape == vi.shape == fused.shape:
+                raise ValueError(
+                    f"sizes differ: ir {ir.shape[0]}x{ir.shape[1]}, vi {vi.shape[0]}x{vi.shape[1]}, "
+                    f"fused {fused.shape[0]}x{fused.shape[1]}"
+                )
+        except ValueError as exc:
+            skipped[stem] = str(exc)
+            continue
+        per_image[stem] = fusion_metrics(ir, vi, fused)
+    for stem in sorted(skipped):
+        logger.error("skipped %r: %s", stem, skipped[stem])
+    if not per_image:
+        raise ValueError(f"no complete ir/vi/fused image triple in {', '.join(map(str, folders.values()))}")
+    return _json_ready({**fusion_report(per_image.items()), "skipped": dict(sorted(skipped.items()))})
+
+
+def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """The image files of a folder by stem (a list, since a stem may occur with several suffixes)."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            by_stem.setdefault(path.stem, []).append(path)
+    return by_stem
+
+
+def _read_fused_luma(path: Path) -> np.ndarray:
+    """A fused image file as 8-bit grey: grey files as they are, colour ones as `luma_u8` of their RGB."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image file {path}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"fused image {path} is {image.dtype}; the metrics need 8-bit images")
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 3:
+        return luma_u8(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    if image.shape[2] == 4:
+        return luma_u8(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
+    raise ValueError(f"fused image {path} has {image.shape[2]} channels; expected grey or RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
+    """Write a report as indented strict JSON (NaN must already be None, see `_json_ready`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def fusion_table(fusion: Mapping[str, Any], *, markdown: bool = False) -> str:
+    """The mean / day / night rows of a fusion layout as a table (aligned text, or Markdown)."""
+    counts = _group_counts(fusion["per_image"])
+    rows = [[group, str(counts[group]), *_formatted(fusion[group])] for group in FUSION_GROUPS if group in fusion]
+    return _table(["set", "images", *FUSION_METRIC_NAMES], rows, markdown)
+
+
+def _group_counts(per_image: Mapping[str, Any]) -> dict[str, int]:
+    """Images in each row of `fusion_table`."""
+    tags = [day_night(stem) for stem in per_image]
+    return {"mean": len(tags), "day": tags.count("day"), "night": tags.count("night")}
+
+
+def _formatted(values: Mapping[str, float | None]) -> list[str]:
+    """Metric values in FUSION_METRIC_NAMES order, 4 decimals; "n/a" for undefined ones."""
+    return [_number(values[name], "{:.4f}") for name in FUSION_METRIC_NAMES]
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """A Markdown table, or the same cells as plain-text columns (first left-aligned, numbers right-aligned)."""
+    if markdown:
+        lines = [header, ["---"] * len(header), *rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join([cells[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(cells[1:], widths[1:])])
+        for cells in [header, *rows]
+    )
+
+
+def _checkpoint_line(report: Mapping[str, Any]) -> str:
+    """"mafs-lite (mafs-lite.safetensors, UNTRAINED)"-style description of the report's checkpoint."""
+    ckpt = report["checkpoint"]
+    parts = [Path(ckpt["path"]).name if ckpt["path"] else "model without checkpoint file"]
+    if ckpt["trained"] is False:
+        parts.append("UNTRAINED")
+    return f"{ckpt['config']} ({', '.join(parts)})"
+
+
+def _markdown_report(report: Mapping[str, Any]) -> str:
+    """report.md: the report's numbers as Markdown tables."""
+    ckpt, engine, fusion = report["checkpoint"], report["engine"], report["fusion"]
+    lines = [
+        "# MAFS evaluation",
+        "",
+        f"- Checkpoint: `{ckpt['path']}`, config `{ckpt['config']}`",
+        f"- Engine: {engine['device']}, {engine['precision']}, "
+        f"thermal normalisation `{engine['thermal_normalization']}`, size policy `{engine['size_policy']}`",
+        f"- Images evaluated: {report['images']}; skipped: {len(report['skipped'])}",
+    ]
+    if ckpt["trained"] is False:
+        lines += ["", "**The checkpoint is UNTRAINED (random weights): these numbers are meaningless.**"]
+    lines += [
+        "",
+        "## Fusion metrics",
+        "",
+        "A = infrared (the engine's normalisation x 255), B = visible luma, F = fused luminance; definitions in "
+        "`mafs_ros.metrics` (CDDFuse's evaluator, MI in nats).",
+        "",
+        fusion_table(fusion, markdown=True),
+        "",
+        "### Per image",
+        "",
+        _table(
+            ["image", *FUSION_METRIC_NAMES],
+            [[stem, *_formatted(values)] for stem, values in fusion["per_image"].items()],
+            markdown=True,
+        ),
+    ]
+    seg = report.get("segmentation")
+    if seg is not None:
+        lines += [
+            "",
+            "## Segmentation",
+            "",
+            f"Confusion matrix over {seg['num_images']} labelled image(s); mIoU over all classes including class 0, "
+            f"classes absent from both ground truth and prediction dropped; label {seg['ignore_index']} ignored.",
+            "",
+            f"- mIoU: {_number(_percent(seg['mIoU']), '{:.2f}')} %",
+            f"- Pixel accuracy: {_number(_percent(seg['pixel_accuracy']), '{:.2f}')} %",
+            "",
+            _table(
+                ["class", "IoU (%)"],
+                [[name, _number(_percent(iou), "{:.2f}")] for name, iou in seg["per_class_iou"].items()],
+                markdown=True,
+            ),
+        ]
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- `{stem}`: {reason}" for stem, reason in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def _sheet_title(report: Mapping[str, Any]) -> str:
+    title = f"MAFS evaluation: {_checkpoint_line(report)}, {report['images']} image(s)"
+    seg = report.get("segmentation")
+    if seg is not None and seg["mIoU"] is not None:
+        title += f", mIoU {100 * seg['mIoU']:.2f} % ({seg['num_images']} labelled)"
+    return title
+
+
+def _write_contact_sheet(path: Path, rows: Sequence[_SheetRow], title: str) -> None:
+    """One row per image: infrared | visible | fused | prediction overlay, plus a ground-truth overlay column
+    when any row has a label."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    columns = ["infrared", "visible", "fused", "prediction"]
+    with_gt = any(row.ground_truth is not None for row in rows)
+    if with_gt:
+        columns.append("ground truth")
+    height, width = rows[0].vi.shape[:2]
+    panel_w = 3.0
+    panel_h = panel_w * height / width
+    fig = Figure(figsize=(panel_w * len(columns), panel_h * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    for r, row in enumerate(rows):
+        panels = [row.ir, row.vi, row.fused, row.prediction] + ([row.ground_truth] if with_gt else [])
+        for c, (ax, image) in enumerate(zip(axes[r], panels)):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if image is None:
+                ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
+            elif image.ndim == 2:
+                ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(image)
+            if r == 0:
+                ax.set_title(columns[c])
+        axes[r][0].set_ylabel(row.stem)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
+def _json_ready(value: Any) -> Any:
+    """`value` with every NaN/inf float replaced by None (strict JSON has neither) and numpy scalars as Python
+    numbers."""
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

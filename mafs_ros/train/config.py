@@ -1,0 +1,142 @@
+"""The training run configuration: one YAML recipe -> nested dataclasses, recorded next to the checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataSource:
+    """One dataset folder. layout: auto, msrs, mfnet, fmb, pst900 or pairs (plain ir/ vi/ [label/])."""
+
+    root: str
+    layout: str = "auto"
+    split: str = "train"
+
+
+@dataclass
+class DataConfig:
+    train: list[DataSource] = field(default_factory=list)
+    val: list[DataSource] = field(default_factory=list)
+    crop_size: int = 256
+    augment: bool = True  # random flips and 90-degree rotations (the random crop applies whenever cropping)
+    thermal_normalization: str = "fixed"
+    class_set: str = "msrs"
+    workers: int = 2
+    val_limit: int = 0  # evaluate on at most this many validation pairs (0: all)
+
+
+@dataclass
+class ModelConfig:
+    config: str = "mafs-lite"
+    num_classes: int = 9
+    eaef_gate: str = "intended"
+    init: str = ""  # optional checkpoint (ours) to start from
+
+
+@dataclass
+class OptimConfig:
+    """SGD with exponential warm-up then poly decay (spec §4.1), or AdamW."""
+
+    name: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 1000
+    warmup_start_lr: float = 1e-5
+    poly_power: float = 0.9
+    grad_clip: float = 10.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and choices; the [design] defaults of spec §3."""
+
+    fusion_grad_weight: float = 10.0
+    fusion_int_weight: float = 10.0
+    seg_aux_weight: float = 0.5
+    seg_scale: float = 10.0
+    ohem_thresh: float = 0.7
+    task_weighting: str = "maxmin"  # fixed | dwa | maxmin
+    distillation: str = "none"  # none | torchscript:PATH (a frozen teacher on the fused colour image)
+    distillation_kind: str = "cwd"  # cwd (channel-wise, tau 4) | kd (pixel-wise, tau 1)
+    distillation_weight: float = 1.0
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: Stage I (masked reconstruction) then Stage II (joint fusion + segmentation)."""
+
+    out_dir: str = "runs/mafs"
+    seed: int = 0
+    batch_size: int = 4  # global batch, split over DDP processes
+    amp: bool = True  # autocast (bf16) + no scaler; used on CUDA only
+    freeze_bn: bool = False  # BatchNorm in eval mode (fine-tuning; makes DDP equal 1 process exactly)
+    checkpoint_every: int = 10
+    eval_every: int = 5
+    log_every: int = 10
+    stage1_shared_head: bool = False
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=20))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=100))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Which keys hold nested sections or lists of data sources (names are unique across levels).
+_SECTIONS = {
+    "stage1": StageConfig,
+    "stage2": StageConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "loss": LossConfig,
+}
+_SOURCE_LISTS = ("train", "val")
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in _SECTIONS:
+            kwargs[name] = _build(_SECTIONS[name], value, f"{where}.{name}")
+        elif name in _SOURCE_LISTS:
+            kwargs[name] = [_build(DataSource, v, f"{where}.{name}[{i}]") for i, v in enumerate(value or [])]
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML recipe; `overrides` are dotted keys (e.g. {"stage2.epochs": 3}) applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return _build(TrainConfig, values, str(path))

@@ -1,0 +1,481 @@
+"""The MAFS training loop: Stage I masked reconstruction, then Stage II joint fusion + segmentation.
+
+Plain torch in the style of torchvision's reference scripts: one process per device, DDP through
+torchrun (NCCL on GPUs, gloo on CPU), no framework. `train(cfg)` runs a whole recipe; resuming from
+`out_dir/last.pt` continues exactly where the run stopped (same samples, same weights, bit for bit on CPU),
+because every random choice of the data pipeline derives from (seed, epoch, index) and the checkpoint holds
+the model, optimiser, task-weighting and RNG state plus the position inside the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import itertools
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..class_sets import get_class_set
+from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
+from ..model import MafsNet, MafsPretrainer, build_model, get_config
+from .config import OptimConfig, TrainConfig
+from .data import FusionSegDataset, discover_pairs
+from .losses import (
+    ChannelWiseDistillation,
+    FusionLoss,
+    PixelWiseDistillation,
+    SegmentationLoss,
+    build_teacher,
+    stage1_loss,
+)
+from .task_weights import FixedWeights, build_task_weighting
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("stage1", "stage2")
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Read torchrun's environment; initialise NCCL (CUDA) or gloo (CPU) when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, device)
+
+
+def learning_rate(iteration: int, max_iter: int, optim: OptimConfig) -> float:
+    """Exponential warm-up from warmup_start_lr to lr, then poly decay to 0 (spec §4.1).
+
+    The warm-up is capped at a tenth of the run, so short runs (the shipped lite recipe, tests) still decay.
+    """
+    warmup = min(optim.warmup_iters, max_iter // 10)
+    if iteration < warmup:
+        return optim.warmup_start_lr * (optim.lr / optim.warmup_start_lr) ** (iteration / warmup)
+    progress = (iteration - warmup) / max(1, max_iter - warmup)
+    return optim.lr * max(0.0, 1.0 - progress) ** optim.poly_power
+
+
+def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown optimiser {optim.name!r} (sgd or adamw)")
+
+
+def _pairs(sources: list, what: str) -> list:
+    pairs = []
+    for source in sources:
+        pairs += discover_pairs(source.root, layout=source.layout, split=source.split)
+    if not pairs and what == "training":
+        raise ValueError("the training config lists no training data (data.train)")
+    return pairs
+
+
+def _set_bn_eval(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains the remaining stages and returns the final checkpoint path."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: Distributed | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or setup_distributed()
+        self.out_dir = Path(cfg.out_dir)
+        self.device = self.dist.device
+        torch.manual_seed(cfg.seed)
+        self.class_set = get_class_set(cfg.data.class_set)
+        model_cfg = get_config(cfg.model.config, num_classes=cfg.model.num_classes, eaef_gate=cfg.model.eaef_gate)
+        if len(self.class_set.class_names) != model_cfg.num_classes:
+            raise ValueError(
+                f"class set {self.class_set.name!r} has {len(self.class_set.class_names)} classes but the model "
+                f"has num_classes={model_cfg.num_classes}"
+            )
+        self.net: MafsNet = build_model(model_cfg)
+        if cfg.model.init:
+            self.net.load_state_dict(load_checkpoint(cfg.model.init).state_dict, strict=True)
+        self.pretrainer = MafsPretrainer(self.net, shared_head=cfg.stage1_shared_head)
+        self.pretrainer.to(self.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(self.pretrainer)
+            self.net = self.pretrainer.net
+
+        self.train_pairs = _pairs(cfg.data.train, "training")
+        self.val_pairs = _pairs(cfg.data.val, "validation")
+        if cfg.data.val_limit:
+            self.val_pairs = self.val_pairs[: cfg.data.val_limit]
+        self.has_labels = any(p.label is not None for p in self.train_pairs)
+
+        self.fusion_loss = FusionLoss(cfg.loss.fusion_grad_weight, cfg.loss.fusion_int_weight)
+        self.seg_loss = SegmentationLoss(
+            model_cfg.num_classes, aux_weight=cfg.loss.seg_aux_weight, scale=cfg.loss.seg_scale,
+            ohem_thresh=cfg.loss.ohem_thresh,
+        )
+        self.teacher = build_teacher(
+            cfg.loss.distillation, num_classes=model_cfg.num_classes, map_location=self.device
+        )
+        if self.teacher is not None:
+            self.distill = (
+                ChannelWiseDistillation() if cfg.loss.distillation_kind == "cwd" else PixelWiseDistillation()
+            )
+        # Without labels only the fusion task exists, so there is nothing to balance.
+        self.task_weights = (
+            build_task_weighting(cfg.loss.task_weighting) if self.has_labels else FixedWeights(fus=1.0, seg=0.0)
+        )
+        self.amp_dtype = torch.bfloat16 if (cfg.amp and self.device.type == "cuda") else None
+
+        self.stage = STAGES[0]
+        self.epoch = 0
+        self.step = 0  # batches done in the current epoch
+        self.epoch_sums: dict[str, float] = {}  # loss sums of those batches (task weights need epoch means)
+        self.iteration = 0  # optimiser steps done in the current stage
+        self.history: list[dict[str, Any]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._stop_requested = False
+
+    # ---- state --------------------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    def save_state(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "step": self.step,
+            "iteration": self.iteration,
+            "epoch_sums": json.dumps(self.epoch_sums),
+            "pretrainer": self.pretrainer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "task_weights": self.task_weights.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(self.history),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.state_path)
+
+    def load_state(self) -> None:
+        """Restore `out_dir/last.pt` (weights-only load: no pickled code runs)."""
+        if not self.state_path.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {self.state_path}")
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        self.pretrainer.load_state_dict(state["pretrainer"], strict=True)
+        self.stage, self.epoch, self.step = state["stage"], state["epoch"], state["step"]
+        self.iteration = state["iteration"]
+        self.epoch_sums = json.loads(state["epoch_sums"])
+        self.task_weights.load_state_dict(state["task_weights"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.history = json.loads(state["history"])
+        self._resume_optimizer = state["optimizer"]
+        logger.info("resuming %s epoch %d step %d from %s", self.stage, self.epoch, self.step, self.state_path)
+
+    # ---- loop ---------------------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> Path:
+        self._resume_optimizer = None
+        if resume:
+            self.load_state()
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            for stage in STAGES[STAGES.index(self.stage):]:
+                if stage != self.stage:
+                    self.stage, self.epoch, self.step, self.iteration, self.epoch_sums = stage, 0, 0, 0, {}
+                    self._resume_optimizer = None
+                self._run_stage()
+        except KeyboardInterrupt:
+            self._request_stop()
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if self._stop_requested:
+            self.save_state()
+            raise KeyboardInterrupt(f"training interrupted; state saved to {self.state_path} (use --resume)")
+        return self._export()
+
+    def _request_stop(self, *_: object) -> None:
+        self._stop_requested = True
+
+    def _stage_epochs(self) -> int:
+        return (self.cfg.stage1 if self.stage == "stage1" else self.cfg.stage2).epochs
+
+    def _run_stage(self) -> None:
+        epochs = self._stage_epochs()
+        if self.epoch >= epochs:
+            return
+        stage1 = self.stage == "stage1"
+        dataset = FusionSegDataset(
+            self.train_pairs, crop_size=self.cfg.data.crop_size, augment=self.cfg.data.augment, stage1_masking=stage1,
+            thermal_normalization=self.cfg.data.thermal_normalization, class_set=self.class_set,
+            seed=self.cfg.seed,
+        )
+        per_process_batch = self.cfg.batch_size // self.dist.world_size
+        if per_process_batch < 1 or per_process_batch * self.dist.world_size != self.cfg.batch_size:
+            raise ValueError(f"batch_size {self.cfg.batch_size} must be a multiple of {self.dist.world_size} processes")
+        sampler = DistributedSampler(
+            dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=self.cfg.seed,
+            drop_last=True,
+        )
+        loader = DataLoader(
+            dataset, batch_size=per_process_batch, sampler=sampler, num_workers=self.cfg.data.workers,
+            drop_last=True, pin_memory=self.device.type == "cuda",
+        )
+        if len(loader) == 0:
+            raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {self.cfg.batch_size}")
+        module: nn.Module = self.pretrainer if stage1 else self.net
+        # Stage I never runs the segmentation decoder, whose parameters then get no gradient.
+        model = (
+            DistributedDataParallel(module, find_unused_parameters=stage1) if self.dist.world_size > 1 else module
+        )
+        self.optimizer = build_optimizer([p for p in module.parameters() if p.requires_grad], self.cfg.optim)
+        if self._resume_optimizer is not None:
+            self.optimizer.load_state_dict(self._resume_optimizer)
+            self._resume_optimizer = None
+        try:
+            self._train_epochs(model, module, loader, sampler, dataset, epochs * len(loader), stage1)
+        finally:
+            # A DDP wrapper's gradient hooks stay on the parameters until it is collected, and Stage II wraps
+            # the same parameters again: the Stage I wrapper must be gone first or it keeps reducing them.
+            del model
+            gc.collect()
+
+    def _train_epochs(
+        self, model: nn.Module, module: nn.Module, loader: DataLoader, sampler: DistributedSampler,
+        dataset: FusionSegDataset, max_iter: int, stage1: bool,
+    ) -> None:
+        epochs = self._stage_epochs()
+        while self.epoch < epochs:
+            sampler.set_epoch(self.epoch)
+            dataset.set_epoch(self.epoch)
+            module.train()
+            if self.cfg.freeze_bn:
+                _set_bn_eval(module)
+            started = time.perf_counter()
+            batches = itertools.islice(iter(loader), self.step, None)
+            progress = self._progress(len(loader), self.step)
+            for batch in batches:
+                lr = learning_rate(self.iteration, max_iter, self.cfg.optim)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                losses = self._train_step(model, batch, stage1)
+                for name, value in losses.items():
+                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
+                self.step += 1
+                self.iteration += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | self._weights_postfix())
+                if self._stop_requested:
+                    break
+            if progress is not None:
+                progress.close()
+            if self._stop_requested:
+                return
+            self._end_epoch(lr, time.perf_counter() - started, stage1)
+
+    def _weights_postfix(self) -> dict[str, str]:
+        if self.stage == "stage1":
+            return {}
+        return {f"w_{k}": f"{v:.2f}" for k, v in self.task_weights.weights().items()}
+
+    def _progress(self, total: int, initial: int):
+        if not self.dist.is_main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"{self.stage} epoch {self.epoch + 1}/{self._stage_epochs()}",
+                    leave=False, dynamic_ncols=True)
+
+    def _train_step(self, model: nn.Module, batch: dict[str, Any], stage1: bool) -> dict[str, float]:
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        vi_y, cb, cr = rgb_to_ycbcr(batch["vi"])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
+        with autocast:
+            if stage1:
+                rec_vi, rec_ir = model(batch["vi_masked"], batch["ir_masked"])
+                total = stage1_loss(rec_vi.float(), rec_ir.float(), vi_y, batch["ir"])
+                parts = {"rec": total}
+            else:
+                out = model(batch["vi"], batch["ir"])
+                fused = out.fused.float()
+                l_fus, _ = self.fusion_loss(batch["ir"], vi_y, fused, batch["mask"])
+                l_seg, _ = self.seg_loss(
+                    type(out)(out.semantic.float(), tuple(a.float() for a in out.aux), fused),
+                    batch["label"], batch["bi"], batch["bd"], batch["has_label"],
+                )
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(ycbcr_to_rgb(fused.detach(), cb, cr))
+                    l_kd = self.distill(out.semantic.float(), teacher_logits)
+                    l_seg = l_seg + self.cfg.loss.distillation_weight * l_kd
+                w = self.task_weights.weights()
+                total = w["fus"] * l_fus + w["seg"] * l_seg
+                parts = {"fus": l_fus, "seg": l_seg}
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{self.stage} epoch {self.epoch} step {self.step}: loss is {total.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return {"loss": total.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def _end_epoch(self, lr: float, seconds: float, stage1: bool) -> None:
+        names = sorted(self.epoch_sums)
+        means = torch.tensor([self.epoch_sums[n] / self.step for n in names], dtype=torch.float64, device=self.device)
+        if self.dist.world_size > 1:
+            dist.all_reduce(means)
+            means /= self.dist.world_size
+        mean_losses = dict(zip(names, means.tolist()))
+        weights = self.task_weights.weights() if not stage1 else {}
+        if not stage1:
+            self.task_weights.end_epoch({"fus": mean_losses["fus"], "seg": mean_losses["seg"]})
+        self.epoch += 1
+        self.step = 0
+        self.epoch_sums = {}
+        row: dict[str, Any] = {"stage": self.stage, "epoch": self.epoch, "lr": lr, "seconds": round(seconds, 2)}
+        row |= {f"loss_{k}": v for k, v in mean_losses.items()}
+        row |= {f"weight_{k}": v for k, v in weights.items()}
+        last = self.epoch == self._stage_epochs()
+        if self.dist.is_main and not stage1 and self.val_pairs and (self.epoch % self.cfg.eval_every == 0 or last):
+            row |= {f"val_{k}": v for k, v in self.validate().items()}
+        self.history.append(row)
+        if self.dist.is_main:
+            logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            self._write_logs()
+        if self.epoch % self.cfg.checkpoint_every == 0 or last:
+            self.save_state()
+
+    # ---- validation, logs, export -------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Fusion metrics (mean) and mIoU of the current weights on the validation pairs, at full size."""
+        from ..engine import MafsEngine
+        from ..metrics import ConfusionMatrix, fusion_metrics, luma_u8
+        from .data import load_pair
+
+        engine = MafsEngine(
+            model=self.net, class_names=self.class_set.class_names, palette=self.class_set.palette,
+            device=str(self.device), thermal_normalization=self.cfg.data.thermal_normalization,
+        )
+        confusion = ConfusionMatrix(self.net.config.num_classes)
+        totals: dict[str, float] = {}
+        for pair in self.val_pairs:
+            rgb, thermal, label = load_pair(pair, num_classes=self.net.config.num_classes)
+            result = engine.infer(rgb, thermal, want_confidence=False)
+            ir_u8 = (engine.thermal_normalization.apply(thermal) * 255).round().astype("uint8")
+            for name, value in fusion_metrics(ir_u8, luma_u8(rgb), result.fused_y).items():
+                totals[name] = totals.get(name, 0.0) + value
+            if label is not None:
+                confusion.update(result.labels, label)
+        self.net.train()
+        values = {name: total / len(self.val_pairs) for name, total in totals.items()}
+        if confusion.matrix.sum() > 0:
+            values["mIoU"] = confusion.miou()
+        return values
+
+    def _write_logs(self) -> None:
+        (self.out_dir / "log.json").write_text(json.dumps(self.history, indent=1))
+        columns = sorted({k for row in self.history for k in row}, key=lambda k: (k not in ("stage", "epoch"), k))
+        with open(self.out_dir / "log.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+        plot_history(self.history, self.out_dir / "curves.png")
+
+    def _export(self) -> Path:
+        path = self.out_dir / "model.safetensors"
+        if self.dist.is_main:
+            self.net.eval()
+            last_val = next((r for r in reversed(self.history) if any(k.startswith("val_") for k in r)), {})
+            save_checkpoint(
+                path, self.net, self.class_set.class_names, self.class_set.palette,
+                thermal_normalization=self.cfg.data.thermal_normalization, trained=True,
+                description=f"{self.net.config.name} trained by mafs train ({self.cfg.stage1.epochs} Stage I + "
+                            f"{self.cfg.stage2.epochs} Stage II epochs)",
+                extra={"run_config": self.cfg.to_dict(), "final_validation": last_val},
+            )
+            logger.info("wrote %s", path)
+        return path
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """losses, task weights and validation metrics over the epochs of both stages, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = list(range(1, len(history) + 1))
+    groups = [("loss_", "training losses (epoch mean)"), ("weight_", "task weights"), ("val_", "validation")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (prefix, title) in zip(axes, groups):
+        keys = sorted({k for row in history for k in row if k.startswith(prefix)})
+        for key in keys:
+            points = [(i, row[key]) for i, row in zip(x, history) if key in row]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=key[len(prefix):])
+        ax.set_title(title)
+        ax.set_xlabel("epoch (Stage I then Stage II)")
+        if keys:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run (or resume) a recipe; returns the exported checkpoint path (written by rank 0)."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
