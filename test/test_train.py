@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -70,26 +71,31 @@ def test_a_few_iterations_lower_the_loss(tmp_path: Path) -> None:
     assert {"loss_fus", "loss_seg", "weight_fus", "weight_seg"} <= set(history[-1])
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+# Stage I has 2 steps: stop in the middle of Stage I, and in the middle of Stage II's first epoch.
+@pytest.mark.parametrize("stop_after, position", [(1, ("stage1", 0, 1)), (3, ("stage2", 0, 1))])
+def test_sigterm_then_resume_reproduces_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch, stop_after: int, position: tuple
+) -> None:
     data = _tiles(tmp_path / "data")
     reference = train(_config(data, tmp_path / "full"))
 
     calls = {"n": 0}
     original = Trainer._train_step
 
-    def stop_after_three_steps(self, *args, **kwargs):
+    def stop_after_some_steps(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 3:  # stage 1 has 2 steps, so this is in the middle of Stage II's first epoch
-            self._request_stop()
+        if calls["n"] == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `kill` or a launcher's shutdown sends
         return result
 
-    monkeypatch.setattr(Trainer, "_train_step", stop_after_three_steps)
+    monkeypatch.setattr(Trainer, "_train_step", stop_after_some_steps)
     with pytest.raises(KeyboardInterrupt):
         train(_config(data, tmp_path / "resumed"))
     monkeypatch.setattr(Trainer, "_train_step", original)
     state = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
-    assert (state["stage"], state["epoch"], state["step"]) == ("stage2", 0, 1)
+    assert (state["stage"], state["epoch"], state["step"]) == position
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = train(_config(data, tmp_path / "resumed"), resume=True)
 
     expected, actual = load_file(reference), load_file(resumed)

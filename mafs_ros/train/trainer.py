@@ -228,6 +228,8 @@ class Trainer:
                     self.stage, self.epoch, self.step, self.iteration, self.epoch_sums = stage, 0, 0, 0, {}
                     self._resume_optimizer = None
                 self._run_stage()
+                if self._stop_requested:
+                    break
         except KeyboardInterrupt:
             self._request_stop()
         finally:
