@@ -61,7 +61,8 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 def test_a_few_iterations_lower_the_loss(tmp_path: Path) -> None:
     data = _tiles(tmp_path / "data")
-    cfg = _config(data, tmp_path / "run", data__augment=False)
+    cfg = _config(data, tmp_path / "run", data__augment=False, eval_every=6)
+    cfg.data.val = [DataSource(str(data), layout="pairs")]
     cfg.stage1.epochs, cfg.stage2.epochs = 0, 12
     path = train(cfg)
     history = json.loads((tmp_path / "run" / "log.json").read_text())
@@ -69,6 +70,7 @@ def test_a_few_iterations_lower_the_loss(tmp_path: Path) -> None:
     assert losses[-1] < 0.8 * losses[0], losses
     assert path.exists() and (tmp_path / "run" / "curves.png").exists()
     assert {"loss_fus", "loss_seg", "weight_fus", "weight_seg"} <= set(history[-1])
+    assert {"val_SD", "val_Qabf", "val_mIoU"} <= set(history[5]) and "val_SD" not in history[4]
 
 
 # Stage I has 2 steps: stop in the middle of Stage I, and in the middle of Stage II's first epoch.

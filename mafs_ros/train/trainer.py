@@ -399,6 +399,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Fusion metrics (mean) and mIoU of the current weights on the validation pairs, at full size."""
         from ..engine import MafsEngine
+        from ..evaluate import thermal_u8
         from ..metrics import ConfusionMatrix, fusion_metrics, luma_u8
         from .data import load_pair
 
@@ -411,8 +412,7 @@ class Trainer:
         for pair in self.val_pairs:
             rgb, thermal, label = load_pair(pair, num_classes=self.net.config.num_classes)
             result = engine.infer(rgb, thermal, want_confidence=False)
-            ir_u8 = (engine.thermal_normalization.apply(thermal) * 255).round().astype("uint8")
-            for name, value in fusion_metrics(ir_u8, luma_u8(rgb), result.fused_y).items():
+            for name, value in fusion_metrics(thermal_u8(engine, thermal), luma_u8(rgb), result.fused_y).items():
                 totals[name] = totals.get(name, 0.0) + value
             if label is not None:
                 confusion.update(result.labels, label)
