@@ -10,33 +10,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from stand_in_net import NUM_CLASSES, KnownNet
 
 from mafs_ros.checkpoint import save_checkpoint
 from mafs_ros.class_sets import MFNET
 from mafs_ros.engine import FusionResult, MafsEngine, resolve_device
-from mafs_ros.imaging import rgb_to_ycbcr
-from mafs_ros.model import MafsOutput, build_model, get_config
-
-NUM_CLASSES = 9
-
-
-class KnownNet(nn.Module):
-    """fused = Y of the visible input; logits peak at class floor(ir * NUM_CLASSES). Records input sizes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.config = get_config("mafs-lite", num_classes=NUM_CLASSES)
-        self.scale = nn.Parameter(torch.tensor(10.0))
-        self.input_sizes: list[tuple[int, ...]] = []
-
-    def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> MafsOutput:
-        self.input_sizes.append(tuple(vi.shape))
-        target = (ir[:, :1] * NUM_CLASSES).floor().clamp(max=NUM_CLASSES - 1)
-        classes = torch.arange(NUM_CLASSES, dtype=vi.dtype).view(1, -1, 1, 1)
-        logits = -self.scale * (classes - target).abs()
-        aux = tuple(logits for _ in range(6))
-        return MafsOutput(logits, aux, rgb_to_ycbcr(vi)[0])
+from mafs_ros.model import build_model, get_config
 
 
 def _pair(height: int, width: int, seed: int = 0, thermal_dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:

@@ -13,16 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from stand_in_net import KnownNet
 
 import mafs_ros.cli as cli
 from mafs_ros.class_sets import MFNET
 from mafs_ros.engine import MafsEngine
 from mafs_ros.evaluate import evaluate, fusion_report, thermal_u8
-from mafs_ros.imaging import rgb_to_ycbcr
 from mafs_ros.metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8
-from mafs_ros.model import MafsOutput, get_config
 from mafs_ros.train.data import PairFiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,22 +28,8 @@ MSRS = ROOT / "test" / "fixtures" / "msrs_sample"
 AVG_FUSED = ROOT / "test" / "fixtures" / "fusion_metrics" / "fused" / "avg"
 
 
-class StandInNet(nn.Module):
-    """fused = mean of the visible Y and the infrared; the logits peak at class floor(ir * 9)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.config = get_config("mafs-lite")
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> MafsOutput:
-        target = (ir * 9).floor().clamp(max=8)
-        logits = -self.scale * (torch.arange(9, dtype=vi.dtype).view(1, -1, 1, 1) - target).abs()
-        return MafsOutput(logits, (logits,) * 6, (rgb_to_ycbcr(vi)[0] + ir) / 2)
-
-
 def _stand_in_engine() -> MafsEngine:
-    return MafsEngine(model=StandInNet(), device="cpu")
+    return MafsEngine(model=KnownNet(fused="mean"), device="cpu")
 
 
 def _grey(path: Path) -> np.ndarray:
