@@ -7,13 +7,34 @@ provide from this file (see requirements.txt for the PyPI ROS 2 wheels).
 """
 
 import re
+from glob import glob
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__\s*=\s*["\']([^"\']+)["\']',
                     (HERE / 'mafs_ros' / '__init__.py').read_text(encoding='utf-8'), re.M).group(1)
+
+
+class BuildPyWithMessages(build_py):
+    """build_py that also copies msg/*.msg into mafs_ros/msg_definitions/ of the built package.
+
+    msg/ stays the one source of the message definitions (rosidl compiles it); mafs_ros.bags registers them in
+    the rosbags type store from there, or from msg/ itself in a source checkout or editable install.
+    CMakeLists.txt installs the same copies for colcon builds.
+    """
+
+    def run(self):
+        super().run()
+        if self.editable_mode:  # the package runs from the repository, next to msg/
+            return
+        target = Path(self.build_lib) / 'mafs_ros' / 'msg_definitions'
+        self.mkpath(str(target))
+        for source in sorted((HERE / 'msg').glob('*.msg')):
+            self.copy_file(str(source), str(target / source.name))
+
 
 setup(
     name='mafs_ros',
@@ -30,6 +51,11 @@ setup(
     packages=find_packages(include=['mafs_ros', 'mafs_ros.*']),
     package_data={'mafs_ros': ['config/*.yaml', 'checkpoints/*.safetensors']},
     include_package_data=False,
+    # The same files as CMakeLists.txt installs into share/mafs_ros (launch files, parameter file, rviz config).
+    data_files=[
+        ('share/mafs_ros/launch', sorted(glob('launch/*.launch.py'))),
+        ('share/mafs_ros/config', sorted(glob('config/*.yaml') + glob('config/*.rviz'))),
+    ],
     install_requires=[
         'numpy',
         'torch',
@@ -50,5 +76,6 @@ setup(
             'mafs_node = mafs_ros.ros.node:main',
         ],
     },
+    cmdclass={'build_py': BuildPyWithMessages},
     zip_safe=False,
 )

@@ -228,6 +228,16 @@ class MafsEngine:
         return self._thermal_normalization
 
     @property
+    def overlay_alpha(self) -> float:
+        return self._overlay_alpha
+
+    @overlay_alpha.setter
+    def overlay_alpha(self, alpha: float) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be within [0, 1], got {alpha}")
+        self._overlay_alpha = float(alpha)
+
+    @property
     def checkpoint_trained(self) -> bool | None:
         """The checkpoint's `trained` flag; None when the engine was built from a model."""
         return self._trained

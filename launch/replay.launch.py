@@ -1,0 +1,92 @@
+"""Replay a bag through the MAFS node on the bag's clock; optionally record what the node received and published.
+
+    ros2 launch mafs_ros replay.launch.py bag:=BAG rgb_topic:=/camera/color/image_raw thermal_topic:=/thermal/raw
+    ros2 launch mafs_ros replay.launch.py bag:=BAG record:=true record_path:=run1
+    mafs replay --from-recording run1
+
+The arguments of mafs.launch.py (topics, params_file, checkpoint, device, namespace, rviz) apply here too: an
+included launch file shares the launch configurations of the file including it. use_sim_time is always true.
+The launch ends a few seconds after the bag (unless loop:=true), which also closes the recording.
+"""
+
+import os
+
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    Shutdown,
+    TimerAction,
+)
+from launch.conditions import evaluate_condition_expression
+from launch.launch_description import LaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+from rclpy.expand_topic_name import expand_topic_name
+
+# The node's inputs as it received them, and the outputs `mafs replay --from-recording` scores (fused/image,
+# segmentation/labels, mafs/result) or reads (segmentation/info: class names; /diagnostics: drops, latency).
+# Relative names resolve in the node's namespace.
+RECORDED_TOPICS = (
+    LaunchConfiguration('rgb_topic'),
+    LaunchConfiguration('thermal_topic'),
+    LaunchConfiguration('camera_info_topic'),
+    'fused/image',
+    'segmentation/labels',
+    'mafs/result',
+    'segmentation/info',
+    '/diagnostics',
+)
+
+# After the last message of the bag: time for the node to fuse the pair it holds before everything stops.
+FINISH_GRACE_S = 5.0
+
+
+def _bag_processes(context) -> list:
+    loop = evaluate_condition_expression(context, [LaunchConfiguration('loop')])
+    play = ExecuteProcess(
+        cmd=['ros2', 'bag', 'play', LaunchConfiguration('bag'), '--clock', '--rate', LaunchConfiguration('rate')]
+        + (['--loop'] if loop else []),
+        output='screen',
+        on_exit=None if loop else [TimerAction(period=FINISH_GRACE_S, actions=[Shutdown(reason='bag played')])],
+    )
+    # The delay is a timer here rather than `ros2 bag play --delay`, whose /clock during the delay differs
+    # between rosbag2 versions. The recorder is not delayed; with --use-sim-time it stamps messages with the
+    # bag's clock (so receive times and header stamps compare) and writes nothing before the first /clock.
+    processes = [TimerAction(period=float(LaunchConfiguration('delay').perform(context)), actions=[play])]
+    if evaluate_condition_expression(context, [LaunchConfiguration('record')]):
+        # ros2 bag record runs in the root namespace: give it the names the node's topics have in its own.
+        namespace = '/' + LaunchConfiguration('namespace').perform(context).strip('/')
+        output = LaunchConfiguration('record_path').perform(context)
+        record = ['ros2', 'bag', 'record', '--use-sim-time'] + (['--output', output] if output else [])
+        for topic in RECORDED_TOPICS:
+            name = perform_substitutions(context, normalize_to_list_of_substitutions(topic))
+            record.append(expand_topic_name(name, 'mafs', namespace))
+        processes.append(ExecuteProcess(cmd=record, output='screen'))
+    return processes
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription([
+        DeclareLaunchArgument('bag', description='Bag to replay (folder with metadata.yaml, or a .mcap/.db3 file)'),
+        DeclareLaunchArgument('rate', default_value='1.0', description='Playback rate (1.0: real time)'),
+        DeclareLaunchArgument(
+            'loop', default_value='false', choices=['true', 'false'], description='Play the bag again and again'),
+        DeclareLaunchArgument(
+            'delay', default_value='5.0',
+            description='Seconds before playing, so that the node has loaded its model when the first frame comes'),
+        DeclareLaunchArgument(
+            'record', default_value='false', choices=['true', 'false'],
+            description="Record the node's inputs and outputs with ros2 bag record --use-sim-time"),
+        DeclareLaunchArgument(
+            'record_path', default_value='',
+            description='Output bag of the recording (must not exist); empty: rosbag2_<date>_<time>'),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mafs.launch.py')),
+            launch_arguments={'use_sim_time': 'true'}.items(),
+        ),
+        # After the include: the node's topic and namespace arguments are declared there.
+        OpaqueFunction(function=_bag_processes),
+    ])

@@ -1,0 +1,1 @@
+"""ROS 2 side of mafs_ros: message conversions, frame pairing and the node (only node.py imports rclpy)."""

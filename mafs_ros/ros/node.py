@@ -1,0 +1,660 @@
+"""The MAFS ROS 2 node: paired thermal + RGB images in, fused image and semantic labels out.
+
+Data flow (one process, `MultiThreadedExecutor`):
+
+    rgb/image ─────┐ (subscription callbacks, group "inputs": check the message, pair by stamp)
+    thermal/image ─┴─► ApproximateTimePairer ─► one-slot mailbox (a newer pair overwrites: counted as a drop)
+                                                    │
+                         inference worker thread ◄──┘ decode, register thermal, MafsEngine.infer, publish
+    diagnostics timer (group "diagnostics") ─► /diagnostics about once per second
+
+Keeping the model off the executor's threads means parameter services and diagnostics stay responsive while
+a slow model runs, and a camera faster than the model costs drops, not latency.
+
+Everything model-related comes from `mafs_ros.engine.MafsEngine`; this file only knows messages.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from mafs_ros.class_sets import IGNORE_LABEL
+from mafs_ros.ros.conversions import (
+    ImageConversionError,
+    image_to_numpy,
+    numpy_to_image,
+    thermal_from_image,
+    visible_from_image,
+)
+from mafs_ros.ros.pairing import ApproximateTimePairer, Pair
+
+NODE_NAME = "mafs"
+
+# Topic names, relative so that namespaces and remapping work (launch files and tests use these constants).
+RGB_TOPIC = "rgb/image"
+THERMAL_TOPIC = "thermal/image"
+CAMERA_INFO_TOPIC = "rgb/camera_info"
+FUSED_TOPIC = "fused/image"
+LABELS_TOPIC = "segmentation/labels"
+OVERLAY_TOPIC = "segmentation/overlay"
+CONFIDENCE_TOPIC = "segmentation/confidence"
+RESULT_TOPIC = "mafs/result"
+INFO_TOPIC = "segmentation/info"
+FUSED_CAMERA_INFO_TOPIC = "fused/camera_info"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+INPUT_TOPICS = (RGB_TOPIC, THERMAL_TOPIC, CAMERA_INFO_TOPIC)
+OUTPUT_TOPICS = (
+    FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, CONFIDENCE_TOPIC, RESULT_TOPIC, INFO_TOPIC, FUSED_CAMERA_INFO_TOPIC,
+)
+
+IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+
+# name -> (default, description). The order is the order of config/mafs.yaml; test_node checks they agree.
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "checkpoint": ("", "Checkpoint file (.safetensors, our format); empty: the packaged mafs-lite checkpoint."),
+    "model_config": ("", "Expected model configuration ('mafs', 'mafs-lite'); empty: whatever the checkpoint holds. "
+                         "A mismatch is a start-up error."),
+    "device": ("auto", "auto | cpu | cuda | cuda:N. auto: first GPU, else CPU with a warning. "
+                       "cuda without a GPU is a start-up error."),
+    "precision": ("fp32", "fp32 | fp16 | bf16 (autocast; fp16/bf16 need CUDA)."),
+    "size_policy": ("resize", "resize (network runs at a multiple of 32 near the input size, official protocol) "
+                              "| pad (reflect-pad to a multiple of 32, crop back)."),
+    "warmup": (1, "Forward passes on blank 480x640 inputs at start-up so the first frame is not slow."),
+    "thermal_normalization": ("", "Thermal scaling to [0, 1]: empty = the checkpoint's; 'fixed' (8-bit /255, "
+                                  "16-bit /65535, 32FC1 as is), 'fixed:LO,HI' (e.g. degrees C), 'minmax' (per "
+                                  "frame), 'percentile:LO,HI' (per-frame AGC)."),
+    "overlay_alpha": (0.5, "Weight of the label colours in segmentation/overlay, 0..1 (changeable at run time)."),
+    "publish_confidence": (False, "Compute and publish segmentation/confidence (32FC1 max softmax) and fill "
+                                  "mafs/result.confidence (changeable at run time)."),
+    "qos.input.reliability": ("best_effort", "Input subscriptions: best_effort (REP-2003 sensor data; accepts "
+                                             "both kinds of publisher) | reliable."),
+    "qos.input.depth": (2, "Input subscription queue depth (keep small: the node keeps the latest pair only)."),
+    "qos.output.reliability": ("reliable", "Output publishers: reliable (REP-2003; serves both kinds of "
+                                           "subscriber) | best_effort."),
+    "qos.output.depth": (2, "Output publisher queue depth."),
+    "sync.backend": ("builtin", "builtin (mafs_ros pairing, same as the replay) | message_filters "
+                                "(ApproximateTimeSynchronizer; only where the package is installed)."),
+    "sync.slop_s": (0.05, "Largest |thermal stamp + offset - RGB stamp| of a pair, seconds (changeable at run time)."),
+    "sync.queue_size": (10, "Frames kept per input while waiting for a partner."),
+    "sync.thermal_offset_s": (0.0, "Added to thermal stamps before pairing (thermal cameras often stamp late: use "
+                                   "a negative value then), seconds (changeable at run time)."),
+    "registration.homography": (list(IDENTITY_HOMOGRAPHY), "Row-major 3x3 homography from thermal pixels to RGB "
+                                                           "pixels; thermal is warped into the RGB image before "
+                                                           "fusion. Identity: pre-registered cameras."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics messages, seconds."),
+}
+RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "sync.thermal_offset_s")
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """A configuration problem found at start-up (bad parameter, checkpoint, device): the node exits != 0."""
+
+
+@dataclass
+class _Frame:
+    """An input message that passed the cheap checks in the subscription callback."""
+
+    msg: Image
+    received_ns: int
+
+
+class _Mailbox:
+    """One slot holding the newest pair; `put` over an unread pair counts a drop."""
+
+    def __init__(self) -> None:
+        self._pair: Pair | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.drops = 0
+
+    def put(self, pair: Pair) -> None:
+        with self._cond:
+            if self._pair is not None:
+                self.drops += 1
+            self._pair = pair
+            self._cond.notify()
+
+    def take(self, timeout_s: float) -> Pair | None:
+        """The newest pair, or None after `timeout_s` or once closed."""
+        with self._cond:
+            if self._pair is None and not self._closed:
+                self._cond.wait(timeout_s)
+            pair, self._pair = self._pair, None
+            return None if self._closed else pair
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _RateCounter:
+    """Counts events between diagnostics reports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+        self._since_report = 0
+
+    def tick(self) -> None:
+        with self._lock:
+            self.total += 1
+            self._since_report += 1
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._since_report = self._since_report, 0
+            return count
+
+
+def _percentile(values: "deque[float] | list[float]", q: float) -> float:
+    return float(np.percentile(list(values), q)) if values else float("nan")
+
+
+def _stamp_ns(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+class MafsNode(Node):
+    """ROS 2 node around `MafsEngine`. Pass `engine` to use an already-built one (tests); otherwise the
+    engine is built from the parameters. Raises StartupError for bad parameters, checkpoint or device."""
+
+    def __init__(self, *, engine: Any = None, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self._engine = engine if engine is not None else self._build_engine()
+        self._homography = self._read_homography()
+        self._publish_confidence = bool(self._param("publish_confidence"))
+        self._check_alpha(self._param("overlay_alpha"))
+        self._engine.overlay_alpha = float(self._param("overlay_alpha"))
+
+        self._pairer = ApproximateTimePairer(
+            slop_s=self._positive("sync.slop_s"),
+            queue_size=int(self._positive("sync.queue_size")),
+            thermal_offset_s=float(self._param("sync.thermal_offset_s")),
+        )
+        self._mailbox = _Mailbox()
+        self._input_rates = {RGB_TOPIC: _RateCounter(), THERMAL_TOPIC: _RateCounter()}
+        self._output_rate = _RateCounter()
+        self._rejected: Counter[str] = Counter()  # reason -> frames refused before or after pairing
+        self._errors_since_report = 0
+        self._last_error = ""
+        self._stats_lock = threading.Lock()
+        self._inference_ms: deque[float] = deque(maxlen=300)
+        self._latency_ms: deque[float] = deque(maxlen=300)
+        self._overhead_ms: deque[float] = deque(maxlen=300)
+        self._camera_info: CameraInfo | None = None
+        self._last_report = time.monotonic()
+        self._throttle: dict[str, float] = {}
+
+        self._inputs_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._create_publishers()
+        self._create_subscriptions()
+        self._publish_info()
+        self.create_timer(
+            self._positive("diagnostics_period_s"), self._publish_diagnostics, callback_group=self._diagnostics_group
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._inference_loop, name="mafs-inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: {self._engine.config.name} on {self._engine.device} ({self._engine.precision}); "
+            f"inputs {self.resolve_topic_name(RGB_TOPIC)} + {self.resolve_topic_name(THERMAL_TOPIC)}, "
+            f"slop {self._pairer.slop_s * 1e3:.0f} ms"
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Start-up
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _positive(self, name: str) -> float:
+        value = self._param(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+            raise StartupError(f"parameter {name} must be a positive number, got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def _check_alpha(alpha: Any) -> None:
+        if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise StartupError(f"parameter overlay_alpha must be within [0, 1], got {alpha!r}")
+
+    def _build_engine(self) -> Any:
+        # torch is imported here, not at module level, so `mafs_node --help`-style failures stay fast.
+        from mafs_ros.checkpoint import CheckpointError
+        from mafs_ros.engine import MafsEngine
+
+        checkpoint = self._param("checkpoint") or None
+        device = str(self._param("device"))
+        if device.strip().lower() == "auto":
+            import torch
+
+            if not torch.cuda.is_available():
+                self.get_logger().warning("device auto: no CUDA GPU available, running on CPU (slow for 'mafs')")
+        try:
+            engine = MafsEngine(
+                checkpoint,
+                device=device,
+                precision=str(self._param("precision")),
+                thermal_normalization=self._param("thermal_normalization") or None,
+                size_policy=str(self._param("size_policy")),
+                warmup=int(self._param("warmup")),
+            )
+        except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise StartupError(f"cannot start the model: {exc}") from exc
+        expected = str(self._param("model_config"))
+        if expected and expected != engine.config.name:
+            raise StartupError(
+                f"parameter model_config is {expected!r} but checkpoint {engine.checkpoint_path} holds "
+                f"{engine.config.name!r}"
+            )
+        if engine.checkpoint_trained is False:
+            self.get_logger().warning(f"checkpoint {engine.checkpoint_path} is UNTRAINED: outputs are meaningless")
+        return engine
+
+    def _read_homography(self) -> np.ndarray | None:
+        """The thermal->RGB homography, or None for identity (no warp)."""
+        values = self._param("registration.homography")
+        try:
+            matrix = np.asarray(values, dtype=np.float64).reshape(3, 3)
+        except (TypeError, ValueError):
+            raise StartupError(f"registration.homography must be 9 numbers (row-major 3x3), got {values!r}") from None
+        if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+            raise StartupError(f"registration.homography must be finite and invertible, got {matrix.tolist()}")
+        matrix = matrix / matrix[2, 2] if matrix[2, 2] != 0 else matrix
+        return None if np.allclose(matrix, np.eye(3)) else matrix
+
+    def _qos(self, prefix: str) -> QoSProfile:
+        reliability = str(self._param(f"{prefix}.reliability"))
+        if reliability not in RELIABILITIES:
+            raise StartupError(
+                f"parameter {prefix}.reliability must be one of {sorted(RELIABILITIES)}, got {reliability!r}"
+            )
+        depth = self._param(f"{prefix}.depth")
+        if not isinstance(depth, int) or depth < 1:
+            raise StartupError(f"parameter {prefix}.depth must be an integer >= 1, got {depth!r}")
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=RELIABILITIES[reliability])
+
+    def _create_publishers(self) -> None:
+        from mafs_ros.msg import FusedSegmentation, SegmentationInfo
+
+        qos = self._qos("qos.output")
+        self._fused_pub = self.create_publisher(Image, FUSED_TOPIC, qos)
+        self._labels_pub = self.create_publisher(Image, LABELS_TOPIC, qos)
+        self._overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, qos)
+        self._confidence_pub = self.create_publisher(Image, CONFIDENCE_TOPIC, qos)
+        self._result_pub = self.create_publisher(FusedSegmentation, RESULT_TOPIC, qos)
+        self._camera_info_pub = self.create_publisher(CameraInfo, FUSED_CAMERA_INFO_TOPIC, qos)
+        latched = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=1,
+            reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self._info_pub = self.create_publisher(SegmentationInfo, INFO_TOPIC, latched)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._result_type = FusedSegmentation
+        self._info_type = SegmentationInfo
+
+    def _create_subscriptions(self) -> None:
+        qos = self._qos("qos.input")
+        backend = str(self._param("sync.backend"))
+        if backend == "builtin":
+            self.create_subscription(
+                Image, RGB_TOPIC, self._on_rgb, qos, callback_group=self._inputs_group
+            )
+            self.create_subscription(
+                Image, THERMAL_TOPIC, self._on_thermal, qos, callback_group=self._inputs_group
+            )
+        elif backend == "message_filters":
+            self._subscribe_message_filters(qos)
+        else:
+            raise StartupError(f"parameter sync.backend must be 'builtin' or 'message_filters', got {backend!r}")
+        self.create_subscription(
+            CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos, callback_group=self._inputs_group
+        )
+
+    def _subscribe_message_filters(self, qos: QoSProfile) -> None:
+        try:
+            import message_filters
+        except ImportError:
+            raise StartupError(
+                "sync.backend 'message_filters' needs the ROS message_filters package, which is not installed "
+                "here; use sync.backend 'builtin' (same pairing as `mafs replay`)"
+            ) from None
+        if self._pairer.thermal_offset_s != 0.0:
+            self.get_logger().warning("sync.thermal_offset_s is ignored by the message_filters backend")
+        subscribers = [
+            message_filters.Subscriber(self, Image, topic, qos_profile=qos, callback_group=self._inputs_group)
+            for topic in (RGB_TOPIC, THERMAL_TOPIC)
+        ]
+        self._synchronizer = message_filters.ApproximateTimeSynchronizer(
+            subscribers, queue_size=self._pairer.queue_size, slop=self._pairer.slop_s
+        )
+        self._synchronizer.registerCallback(self._on_synchronized_pair)
+
+    def _publish_info(self) -> None:
+        info = self._info_type()
+        info.header.stamp = self.get_clock().now().to_msg()
+        path = getattr(self._engine, "checkpoint_path", None)
+        info.model_id = path.name if path is not None else "in-memory model"
+        info.model_config = self._engine.config.name
+        info.class_names = list(self._engine.class_names)
+        info.palette = np.asarray(self._engine.palette, dtype=np.uint8).reshape(-1).tolist()
+        info.ignore_id = IGNORE_LABEL
+        self._info_pub.publish(info)
+
+    # ------------------------------------------------------------------------------------------------
+    # Input callbacks (keep them short: the pairing lock and the executor thread are shared)
+
+    def _accept(self, topic: str, msg: Image) -> _Frame | None:
+        """Cheap checks of an input message (encoding, size, buffer length); a bad one is counted and skipped."""
+        self._input_rates[topic].tick()
+        try:
+            image_to_numpy(msg)
+        except ImageConversionError as exc:
+            self._reject(exc.reason, f"{self.resolve_topic_name(topic)}: {exc}")
+            return None
+        return _Frame(msg, self.get_clock().now().nanoseconds)
+
+    def _on_rgb(self, msg: Image) -> None:
+        frame = self._accept(RGB_TOPIC, msg)
+        if frame is not None:
+            for pair in self._pairer.add_rgb(_stamp_ns(msg), frame):
+                self._mailbox.put(pair)
+
+    def _on_thermal(self, msg: Image) -> None:
+        frame = self._accept(THERMAL_TOPIC, msg)
+        if frame is not None:
+            for pair in self._pairer.add_thermal(_stamp_ns(msg), frame):
+                self._mailbox.put(pair)
+
+    def _on_synchronized_pair(self, rgb: Image, thermal: Image) -> None:
+        rgb_frame, thermal_frame = self._accept(RGB_TOPIC, rgb), self._accept(THERMAL_TOPIC, thermal)
+        if rgb_frame is not None and thermal_frame is not None:
+            self._mailbox.put(Pair(rgb_frame, thermal_frame, _stamp_ns(rgb), _stamp_ns(thermal)))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _reject(self, reason: str, message: str) -> None:
+        with self._stats_lock:
+            self._rejected[reason] += 1
+            self._last_error = message
+        self._log_throttled(reason, message)
+
+    def _log_throttled(self, key: str, message: str, period_s: float = 5.0) -> None:
+        # rclpy's throttle_duration_sec needs a per-call-site clock and silences other keys; one entry per reason.
+        now = time.monotonic()
+        if now - self._throttle.get(key, -1e9) >= period_s:
+            self._throttle[key] = now
+            self.get_logger().error(message)
+
+    # ------------------------------------------------------------------------------------------------
+    # Inference worker
+
+    def _inference_loop(self) -> None:
+        while not self._stop.is_set():
+            pair = self._mailbox.take(timeout_s=0.2)
+            if pair is None:
+                continue
+            try:
+                self._process(pair)
+            except Exception as exc:  # noqa: BLE001 - a failed frame must never stop the node
+                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                    return
+                with self._stats_lock:
+                    self._errors_since_report += 1
+                self._reject("inference_error", f"inference failed ({type(exc).__name__}): {exc}")
+
+    def _process(self, pair: Pair) -> None:
+        start = time.perf_counter()
+        rgb_msg: Image = pair.rgb.msg
+        thermal_msg: Image = pair.thermal.msg
+        try:
+            rgb = visible_from_image(rgb_msg)
+            thermal = thermal_from_image(thermal_msg)
+        except ImageConversionError as exc:
+            self._reject(exc.reason, f"pair at {rgb_msg.header.stamp.sec}.{rgb_msg.header.stamp.nanosec:09d}: {exc}")
+            return
+        height, width = rgb.shape[:2]
+        if self._homography is not None:
+            thermal = cv2.warpPerspective(
+                np.ascontiguousarray(thermal), self._homography, (width, height), flags=cv2.INTER_LINEAR
+            )
+        elif thermal.shape[:2] != (height, width):
+            self._reject(
+                "size_mismatch",
+                f"thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB {width}x{height} differ; set "
+                "registration.homography (thermal -> RGB pixels) to register them",
+            )
+            return
+        decoded = time.perf_counter()
+
+        want_overlay = self._overlay_pub.get_subscription_count() > 0
+        want_confidence = self._publish_confidence
+        result = self._engine.infer(rgb, thermal, want_confidence=want_confidence, want_overlay=want_overlay)
+        inferred = time.perf_counter()
+
+        header = rgb_msg.header
+        fused = numpy_to_image(result.fused_rgb, "rgb8", header=header)
+        labels = numpy_to_image(result.labels, "mono8", header=header)
+        if self._fused_pub.get_subscription_count() > 0:
+            self._fused_pub.publish(fused)
+        self._labels_pub.publish(labels)
+        if want_overlay:
+            self._overlay_pub.publish(numpy_to_image(result.overlay, "rgb8", header=header))
+        confidence = Image()
+        if result.confidence is not None:
+            confidence = numpy_to_image(result.confidence.astype(np.float32, copy=False), "32FC1", header=header)
+            if self._confidence_pub.get_subscription_count() > 0:
+                self._confidence_pub.publish(confidence)
+        self._result_pub.publish(self._result_message(pair, fused, labels, confidence, result.timings))
+        if self._camera_info is not None and self._camera_info_pub.get_subscription_count() > 0:
+            info = copy.copy(self._camera_info)  # the cached message may be replaced concurrently; never edit it
+            info.header = header
+            self._camera_info_pub.publish(info)
+        done = time.perf_counter()
+
+        self._output_rate.tick()
+        latency_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
+        with self._stats_lock:
+            self._inference_ms.append(sum(result.timings.values()))
+            self._latency_ms.append(latency_ms)
+            self._overhead_ms.append(((decoded - start) + (done - inferred)) * 1e3)
+
+    def _result_message(self, pair: Pair, fused: Image, labels: Image, confidence: Image, timings: dict) -> Any:
+        result = self._result_type()
+        result.header = fused.header
+        result.fused = fused
+        result.labels = labels
+        result.confidence = confidence
+        result.rgb_stamp = pair.rgb.msg.header.stamp
+        result.thermal_stamp = pair.thermal.msg.header.stamp
+        result.preprocess_ms = float(timings.get("preprocess_ms", 0.0))
+        result.inference_ms = float(timings.get("inference_ms", 0.0))
+        result.postprocess_ms = float(timings.get("postprocess_ms", 0.0))
+        return result
+
+    # ------------------------------------------------------------------------------------------------
+    # Diagnostics and parameters
+
+    def counters(self) -> dict[str, Any]:
+        """Frame accounting (also the body of /diagnostics): received, paired, published, dropped, rejected."""
+        stats = self._pairer.stats.as_dict()
+        with self._stats_lock:
+            rejected = dict(self._rejected)
+        return {
+            "received_rgb": self._input_rates[RGB_TOPIC].total,
+            "received_thermal": self._input_rates[THERMAL_TOPIC].total,
+            "published": self._output_rate.total,
+            "dropped": self._mailbox.drops,
+            "rejected": rejected,
+            "pairing": stats,
+        }
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._last_report, 1e-6)
+        self._last_report = now
+        counters = self.counters()
+        with self._stats_lock:
+            inference = list(self._inference_ms)
+            latency = list(self._latency_ms)
+            overhead = list(self._overhead_ms)
+            errors, self._errors_since_report = self._errors_since_report, 0
+            last_error = self._last_error
+        rates = {topic: counter.take() / elapsed for topic, counter in self._input_rates.items()}
+        output_rate = self._output_rate.take() / elapsed
+        pairing = counters["pairing"]
+
+        level, message = DiagnosticStatus.OK, "fusing"
+        if errors:
+            level, message = DiagnosticStatus.ERROR, f"{errors} inference error(s): {last_error}"
+        elif min(rates.values()) == 0.0:
+            level, message = DiagnosticStatus.WARN, "waiting for input on " + ", ".join(
+                self.resolve_topic_name(t) for t, r in rates.items() if r == 0.0
+            )
+        elif output_rate == 0.0:
+            level, message = DiagnosticStatus.WARN, "inputs arrive but no pair is fused (check sync.slop_s, " \
+                "sync.thermal_offset_s and the rejected counters)"
+
+        values = {
+            "rgb_rate_hz": rates[RGB_TOPIC],
+            "thermal_rate_hz": rates[THERMAL_TOPIC],
+            "output_rate_hz": output_rate,
+            "inference_ms_p50": _percentile(inference, 50),
+            "inference_ms_p95": _percentile(inference, 95),
+            "latency_ms_p50": _percentile(latency, 50),
+            "latency_ms_p95": _percentile(latency, 95),
+            "node_overhead_ms_p50": _percentile(overhead, 50),
+            "pair_skew_ms_p50": pairing.get("skew_ms_p50", float("nan")),
+            "pair_skew_ms_max": pairing.get("skew_ms_max", float("nan")),
+            "received_rgb": counters["received_rgb"],
+            "received_thermal": counters["received_thermal"],
+            "pairs_matched": pairing.get("matched", 0),
+            "unmatched_rgb": pairing.get("unmatched_rgb", 0),
+            "unmatched_thermal": pairing.get("unmatched_thermal", 0),
+            "published": counters["published"],
+            "dropped": counters["dropped"],
+            "rejected_total": sum(counters["rejected"].values()),
+            **{f"rejected.{reason}": n for reason, n in sorted(counters["rejected"].items())},
+            "device": str(self._engine.device),
+            "precision": str(self._engine.precision),
+            "model": self._engine.config.name,
+        }
+        status = DiagnosticStatus(
+            level=level, name=f"{self.get_fully_qualified_name()}: fusion and segmentation", message=message,
+            hardware_id=str(self._engine.device),
+            values=[KeyValue(key=key, value=_format(value)) for key, value in values.items()],
+        )
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._diagnostics_pub.publish(array)
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        for param in params:
+            if param.name in PARAMETERS and param.name not in RUNTIME_PARAMETERS:
+                return SetParametersResult(
+                    successful=False, reason=f"{param.name} is read at start-up; restart the node to change it"
+                )
+            problem = _runtime_value_problem(param.name, param.value, param.type_)
+            if problem:
+                return SetParametersResult(successful=False, reason=f"{param.name} {problem}, got {param.value!r}")
+        for param in params:
+            if param.name == "overlay_alpha":
+                self._engine.overlay_alpha = float(param.value)
+            elif param.name == "publish_confidence":
+                self._publish_confidence = bool(param.value)
+            elif param.name == "sync.slop_s":
+                self._pairer.retune(slop_s=float(param.value))
+            elif param.name == "sync.thermal_offset_s":
+                self._pairer.retune(thermal_offset_s=float(param.value))
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------------------------------------
+    # Shutdown
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Stop the inference worker (waits at most `timeout_s` for a running forward pass)."""
+        self._stop.set()
+        self._mailbox.close()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout_s)
+
+    def destroy_node(self) -> None:
+        self.stop()
+        super().destroy_node()
+
+
+def _runtime_value_problem(name: str, value: Any, kind: int) -> str | None:
+    """Why `value` is not acceptable for runtime parameter `name` (None: fine)."""
+    number = kind in (ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER) and np.isfinite(value)
+    if name == "overlay_alpha" and not (number and 0 <= value <= 1):
+        return "must be within [0, 1]"
+    if name == "sync.slop_s" and not (number and value > 0):
+        return "must be > 0"
+    if name == "sync.thermal_offset_s" and not number:
+        return "must be a finite number"
+    if name == "publish_confidence" and kind != ParameterType.PARAMETER_BOOL:
+        return "must be true or false"
+    return None
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if not np.isfinite(value) else f"{value:.3f}"
+    return str(value)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `mafs_node` / `ros2 run mafs_ros mafs_node`. Exit codes: 0 clean shutdown, 2 start-up error."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    # rclpy's default signal handlers turn SIGINT and SIGTERM into a context shutdown: spin() then returns.
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MafsNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except StartupError as exc:
+        print(f"[FATAL] [{NODE_NAME}]: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Real rclpy + DDS plumbing for node tests: an isolated context, an executor thread, a publisher/recorder node."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from mafs_ros.ros.conversions import numpy_to_image
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+# One DDS domain per test process, away from the default 0, so parallel runs and other ROS users do not mix.
+DOMAIN_ID = 100 + os.getpid() % 100
+
+
+def sample_pairs(size: tuple[int, int] = (128, 160), count: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Real MSRS pairs from data/sample, resized to (H, W): (RGB uint8 (H, W, 3), thermal uint8 (H, W))."""
+    pairs = []
+    for path in sorted((SAMPLE / "vi").glob("*.png"))[:count]:
+        rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        ir = cv2.imread(str(SAMPLE / "ir" / path.name), cv2.IMREAD_GRAYSCALE)
+        size_wh = (size[1], size[0])
+        pairs.append((cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA), cv2.resize(ir, size_wh)))
+    return pairs
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
+    msg = numpy_to_image(array, encoding)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+class RosHarness:
+    """Owns a Context, an executor spinning in a thread, and a test node that publishes inputs and records
+    every message it subscribes to (`received[topic]`)."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.node = Node("mafs_test_harness", context=self.context)
+        self.executor.add_node(self.node)
+        self.received: dict[str, list[Any]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._publishers: dict[str, Any] = {}
+        self._subscribed: list[str] = []
+        self._nodes: list[Node] = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - the context is shut down at teardown
+            pass
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+        self._nodes.append(node)
+
+    def publisher(self, msg_type: type, topic: str, reliable: bool = False) -> Any:
+        if topic not in self._publishers:
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=10,
+                reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+            )
+            self._publishers[topic] = self.node.create_publisher(msg_type, topic, qos)
+        return self._publishers[topic]
+
+    def subscribe(self, msg_type: type, topic: str, latched: bool = False) -> None:
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+        )
+
+        def record(msg: Any, topic: str = topic) -> None:
+            with self._lock:
+                self.received[topic].append(msg)
+
+        self.node.create_subscription(msg_type, topic, record, qos)
+        self._subscribed.append(topic)
+
+    def messages(self, topic: str) -> list[Any]:
+        with self._lock:
+            return list(self.received[topic])
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.02)
+        return condition()
+
+    def wait_for_subscribers(self, topics: list[str], timeout_s: float = 10.0) -> None:
+        ok = self.wait_for(
+            lambda: all(self.publisher(Image, t).get_subscription_count() > 0 for t in topics), timeout_s
+        )
+        assert ok, f"no subscriber appeared on {topics} within {timeout_s} s"
+        # The node's output publishers are discovered about as late as its subscriptions; a volatile reader
+        # that is not matched yet would miss the first results.
+        outputs = [t for t in self._subscribed if t != "/diagnostics"]
+        self.wait_for(lambda: all(self.node.count_publishers(t) > 0 for t in outputs), timeout_s)
+        time.sleep(0.3)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        # Destroyed explicitly: a participant left to the garbage collector can linger in discovery and be
+        # "matched" by the next test's publishers.
+        for node in self._nodes + [self.node]:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(5.0)

@@ -1,0 +1,385 @@
+"""The MAFS node over real rclpy + DDS: in-process with a stand-in network, and as a subprocess (mafs_node)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from mafs_ros.msg import FusedSegmentation, SegmentationInfo
+from rclpy.parameter import Parameter
+from ros_harness import DOMAIN_ID, RosHarness, image_msg, sample_pairs
+from sensor_msgs.msg import CameraInfo, Image
+from stand_in_net import NUM_CLASSES, KnownNet
+
+from mafs_ros.engine import MafsEngine
+from mafs_ros.ros.conversions import image_to_numpy
+from mafs_ros.ros.node import PARAMETERS, MafsNode, StartupError
+
+REPO = Path(__file__).resolve().parent.parent
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+class SlowEngine:
+    """Wraps an engine and sleeps in infer, so that inputs arrive faster than inference."""
+
+    def __init__(self, engine: MafsEngine, delay_s: float) -> None:
+        self._engine, self._delay_s = engine, delay_s
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._engine, name, value)
+
+    def infer(self, *args, **kwargs):
+        time.sleep(self._delay_s)
+        return self._engine.infer(*args, **kwargs)
+
+
+def stand_in_engine(**kwargs) -> MafsEngine:
+    return MafsEngine(model=KnownNet(), device="cpu", **kwargs)
+
+
+@pytest.fixture
+def ros():
+    harness = RosHarness()
+    for topic, msg_type, latched in [
+        ("fused/image", Image, False), ("segmentation/labels", Image, False), ("segmentation/overlay", Image, False),
+        ("segmentation/confidence", Image, False), ("mafs/result", FusedSegmentation, False),
+        ("segmentation/info", SegmentationInfo, True), ("fused/camera_info", CameraInfo, False),
+        ("/diagnostics", DiagnosticArray, False),
+    ]:
+        harness.subscribe(msg_type, topic, latched=latched)
+    yield harness
+    harness.close()
+
+
+def start_node(ros: RosHarness, engine=None, **parameters) -> MafsNode:
+    overrides = [Parameter(name, value=value) for name, value in parameters.items()]
+    node = MafsNode(engine=engine or stand_in_engine(), context=ros.context, parameter_overrides=overrides)
+    ros.add_node(node)
+    ros.wait_for_subscribers(["rgb/image", "thermal/image"])
+    return node
+
+
+def publish_pair(ros: RosHarness, rgb, thermal, rgb_ns: int, thermal_ns: int, *, thermal_encoding="mono8",
+                 rgb_encoding="rgb8", frame_id="camera_rgb") -> None:
+    ros.publisher(Image, "thermal/image").publish(image_msg(thermal, thermal_encoding, thermal_ns, "camera_thermal"))
+    ros.publisher(Image, "rgb/image").publish(image_msg(rgb, rgb_encoding, rgb_ns, frame_id))
+
+
+def results(ros: RosHarness) -> list[FusedSegmentation]:
+    return ros.messages("mafs/result")
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def test_real_pairs_with_jittered_stamps_give_every_output(ros):
+    node = start_node(ros, publish_confidence=True)
+    camera_info = CameraInfo(width=160, height=128, distortion_model="plumb_bob")
+    ros.publisher(CameraInfo, "rgb/camera_info").publish(camera_info)
+    pairs = sample_pairs()
+    rng = np.random.default_rng(0)
+    sent = []
+    for i, (rgb, thermal) in enumerate(pairs):
+        rgb_ns = T0 + i * 100 * MS
+        thermal_ns = rgb_ns - int(rng.integers(0, 20)) * MS  # later thermal: see the next test
+        sent.append((rgb_ns, thermal_ns))
+        publish_pair(ros, rgb, thermal, rgb_ns, thermal_ns)
+        # one pair at a time: this test is about outputs, not about drops
+        assert ros.wait_for(lambda n=i + 1: len(results(ros)) >= n), f"no result for pair {i}"
+    assert ros.wait_for(lambda: len(ros.messages("fused/image")) >= len(pairs) and
+                        len(ros.messages("segmentation/overlay")) >= len(pairs))
+
+    fused_msgs, label_msgs = ros.messages("fused/image"), ros.messages("segmentation/labels")
+    overlays, confidences = ros.messages("segmentation/overlay"), ros.messages("segmentation/confidence")
+    for i, ((rgb, thermal), (rgb_ns, thermal_ns)) in enumerate(zip(pairs, sent)):
+        result = results(ros)[i]
+        for msg in (fused_msgs[i], label_msgs[i], overlays[i], confidences[i], result):
+            assert stamp_ns(msg.header.stamp) == rgb_ns and msg.header.frame_id == "camera_rgb"
+        assert (fused_msgs[i].encoding, label_msgs[i].encoding, overlays[i].encoding, confidences[i].encoding) == (
+            "rgb8", "mono8", "rgb8", "32FC1")
+        for msg in (fused_msgs[i], label_msgs[i], overlays[i], confidences[i]):
+            assert (msg.height, msg.width) == rgb.shape[:2]
+        labels = image_to_numpy(label_msgs[i])
+        assert labels.max() < NUM_CLASSES
+        # the stand-in network labels pixels by thermal intensity: the labels prove which thermal frame was used
+        np.testing.assert_array_equal(labels, np.minimum(thermal.astype(np.int64) * NUM_CLASSES // 255, 8))
+        confidence = image_to_numpy(confidences[i])
+        assert np.all((confidence > 0) & (confidence <= 1))
+        assert stamp_ns(result.rgb_stamp) == rgb_ns and stamp_ns(result.thermal_stamp) == thermal_ns
+        assert bytes(result.fused.data) == bytes(fused_msgs[i].data)
+        assert bytes(result.labels.data) == bytes(label_msgs[i].data)
+        assert result.inference_ms > 0
+    info = ros.messages("segmentation/info")
+    assert len(info) == 1 and len(info[0].class_names) == NUM_CLASSES and len(info[0].palette) == 3 * NUM_CLASSES
+    assert ros.wait_for(lambda: len(ros.messages("fused/camera_info")) >= 1)
+    assert ros.messages("fused/camera_info")[-1].header.frame_id == "camera_rgb"
+    counters = node.counters()
+    assert counters["published"] == len(pairs) and counters["dropped"] == 0 and counters["rejected"] == {}
+
+
+def test_pairs_outside_slop_are_never_fused(ros):
+    node = start_node(ros, **{"sync.slop_s": 0.03})
+    (rgb, thermal), = sample_pairs(count=1)
+    for i in range(4):  # thermal 40 ms after RGB: outside a 30 ms slop
+        publish_pair(ros, rgb, thermal, T0 + i * 200 * MS, T0 + i * 200 * MS + 40 * MS)
+        time.sleep(0.05)
+    publish_pair(ros, rgb, thermal, T0 + 1000 * MS, T0 + 990 * MS)  # inside
+    assert ros.wait_for(lambda: len(results(ros)) >= 1)
+    time.sleep(0.3)
+    assert [stamp_ns(r.rgb_stamp) for r in results(ros)] == [T0 + 1000 * MS]
+    assert all(abs(stamp_ns(r.thermal_stamp) - stamp_ns(r.rgb_stamp)) < 30 * MS for r in results(ros))
+    pairing = node.counters()["pairing"]
+    assert pairing["unmatched_rgb"] >= 3 and pairing["unmatched_thermal"] >= 3
+
+
+def test_thermal_offset_parameter_pairs_lagging_thermal(ros):
+    start_node(ros, **{"sync.slop_s": 0.02, "sync.thermal_offset_s": -0.1})
+    (rgb, thermal), = sample_pairs(count=1)
+    publish_pair(ros, rgb, thermal, T0, T0 + 95 * MS)  # thermal stamps 100 ms late
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    assert stamp_ns(results(ros)[0].thermal_stamp) == T0 + 95 * MS
+
+
+def test_thermal_stamped_after_rgb_waits_for_the_next_rgb_frame(ros):
+    # A later RGB frame could be nearer to this thermal frame, so the pair is only final once one arrives.
+    start_node(ros)
+    (rgb, thermal), = sample_pairs(count=1)
+    publish_pair(ros, rgb, thermal, T0, T0 + 10 * MS)
+    time.sleep(0.5)
+    assert results(ros) == []
+    ros.publisher(Image, "rgb/image").publish(image_msg(rgb, "rgb8", T0 + 33 * MS, "camera_rgb"))
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    assert stamp_ns(results(ros)[0].rgb_stamp) == T0
+
+
+def test_drops_are_counted_when_inputs_outpace_inference(ros):
+    node = start_node(ros, engine=SlowEngine(stand_in_engine(), 0.25))
+    (rgb, thermal), = sample_pairs(count=1)
+    for i in range(12):
+        publish_pair(ros, rgb, thermal, T0 + i * 33 * MS, T0 + i * 33 * MS - 2 * MS)
+        time.sleep(0.03)
+    assert ros.wait_for(lambda: node.counters()["published"] + node.counters()["dropped"]
+                        == node.counters()["pairing"]["matched"] and node._mailbox._pair is None, 10)
+    counters = node.counters()
+    assert counters["dropped"] > 0
+    assert counters["published"] + counters["dropped"] == counters["pairing"]["matched"]
+    # keep-latest: the last pair is always fused, the stale ones are the drops
+    assert ros.wait_for(lambda: stamp_ns(results(ros)[-1].rgb_stamp) == T0 + 11 * 33 * MS)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "32FC1"])
+def test_wide_thermal_encodings(ros, encoding):
+    start_node(ros, engine=stand_in_engine(thermal_normalization="minmax"))
+    (rgb, thermal), = sample_pairs(count=1)
+    wide = thermal.astype(np.uint16) * 64 + 1000 if encoding != "32FC1" else thermal.astype(np.float32) / 10 + 20
+    publish_pair(ros, rgb, wide, T0, T0, thermal_encoding=encoding)
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    labels = image_to_numpy(results(ros)[0].labels)
+    # min-max normalisation of an affine copy of the 8-bit image gives the 8-bit labels back (up to rounding)
+    expected = np.minimum((thermal - thermal.min()) / (thermal.max() - thermal.min()) * NUM_CLASSES, 8).astype(int)
+    assert np.mean(labels == expected) > 0.9  # float32 vs float64 at class boundaries; unnormalised: ~0.2
+
+
+def test_padded_step_and_bgr_are_decoded(ros):
+    start_node(ros)
+    (rgb, thermal), = sample_pairs(count=1)
+    msg = image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", T0, "camera_rgb")
+    padded = np.zeros((msg.height, msg.step + 8), np.uint8)
+    padded[:, : msg.step] = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
+    msg.step += 8
+    msg.data = padded.tobytes()
+    ros.publisher(Image, "thermal/image").publish(image_msg(thermal, "mono8", T0, "camera_thermal"))
+    ros.publisher(Image, "rgb/image").publish(msg)
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    fused = image_to_numpy(results(ros)[0].fused)
+    # KnownNet fuses to the visible luminance: a channel-order or stride error changes it
+    luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    assert np.abs(fused[..., 0].astype(float) - luma).mean() < 25
+
+
+def test_bad_inputs_are_counted_and_the_node_keeps_fusing(ros):
+    node = start_node(ros)
+    (rgb, thermal), = sample_pairs(count=1)
+    yuv = image_msg(rgb, "rgb8", T0, "camera_rgb")
+    yuv.encoding = "yuv422"
+    ros.publisher(Image, "thermal/image").publish(image_msg(thermal, "mono8", T0, "camera_thermal"))
+    ros.publisher(Image, "rgb/image").publish(yuv)
+    time.sleep(0.1)  # inputs are best-effort, depth 2: a burst could lose frames before they are counted
+    small_thermal = thermal[:60, :80].copy()
+    publish_pair(ros, rgb, small_thermal, T0 + 100 * MS, T0 + 100 * MS)  # mismatched sizes
+    time.sleep(0.1)
+    publish_pair(ros, rgb, thermal, T0 + 200 * MS, T0 + 200 * MS)
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    assert stamp_ns(results(ros)[0].rgb_stamp) == T0 + 200 * MS
+    rejected = node.counters()["rejected"]
+    assert rejected.get("unsupported_encoding") == 1 and rejected.get("size_mismatch") == 1
+
+
+def test_inference_errors_are_reported_and_the_node_continues(ros):
+    class FailingOnce(SlowEngine):
+        calls = 0
+
+        def infer(self, *args, **kwargs):
+            FailingOnce.calls += 1
+            if FailingOnce.calls == 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return self._engine.infer(*args, **kwargs)
+
+    node = start_node(ros, engine=FailingOnce(stand_in_engine(), 0.0), diagnostics_period_s=0.2)
+    (rgb, thermal), = sample_pairs(count=1)
+    publish_pair(ros, rgb, thermal, T0, T0)
+    assert ros.wait_for(lambda: node.counters()["rejected"].get("inference_error") == 1)
+    assert ros.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "out of memory" in s.message
+                                    for a in ros.messages("/diagnostics") for s in a.status))
+    publish_pair(ros, rgb, thermal, T0 + 100 * MS, T0 + 100 * MS)
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+
+
+def test_homography_warps_thermal_into_rgb(ros):
+    # thermal pixel (x, y) -> RGB pixel (x + 10, y): the labels (from thermal) move 10 px right
+    start_node(ros, **{"registration.homography": [1.0, 0.0, 10.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]})
+    (rgb, thermal), = sample_pairs(count=1)
+    publish_pair(ros, rgb, thermal, T0, T0)
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    labels = image_to_numpy(results(ros)[0].labels)
+    expected = np.minimum(thermal.astype(np.int64) * NUM_CLASSES // 255, 8)
+    np.testing.assert_array_equal(labels[:, 10:], expected[:, :-10])
+    assert np.all(labels[:, :10] == 0)  # outside the warped thermal image: zero thermal
+
+
+def test_diagnostics_report_rates_latency_and_device(ros):
+    start_node(ros, diagnostics_period_s=0.2)
+    (rgb, thermal), = sample_pairs(count=1)
+    for i in range(3):
+        publish_pair(ros, rgb, thermal, T0 + i * 100 * MS, T0 + i * 100 * MS)
+        ros.wait_for(lambda n=i + 1: len(results(ros)) >= n)
+    assert ros.wait_for(lambda: any(
+        kv.key == "published" and int(kv.value) >= 3
+        for a in ros.messages("/diagnostics") for s in a.status for kv in s.values))
+    status = ros.messages("/diagnostics")[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    for key in ("rgb_rate_hz", "thermal_rate_hz", "output_rate_hz", "inference_ms_p50", "inference_ms_p95",
+                "latency_ms_p50", "pair_skew_ms_p50", "dropped", "pairs_matched", "device", "precision"):
+        assert key in values, key
+    assert values["device"] == "cpu" and values["precision"] == "fp32"
+    assert float(values["inference_ms_p50"]) > 0
+
+
+def test_runtime_parameters_and_read_only_ones(ros):
+    node = start_node(ros)
+    assert node.set_parameters([Parameter("overlay_alpha", value=0.8)])[0].successful
+    assert node._engine.overlay_alpha == 0.8
+    assert not node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0].successful
+    refused = node.set_parameters([Parameter("device", value="cuda")])[0]
+    assert not refused.successful and "restart" in refused.reason
+
+
+def test_yaml_documents_every_parameter_with_its_default():
+    with open(REPO / "config" / "mafs.yaml") as f:
+        tree = yaml.safe_load(f)["/**"]["ros__parameters"]
+
+    def flatten(d, prefix=""):
+        for key, value in d.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    documented = dict(flatten(tree))
+    assert list(documented) == list(PARAMETERS)
+    assert documented == {name: default for name, (default, _) in PARAMETERS.items()}
+
+
+def test_parameters_from_yaml_file(ros, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    sync:\n      slop_s: 0.02\n    overlay_alpha: 0.25\n")
+    node = MafsNode(engine=stand_in_engine(), context=ros.context,
+                    cli_args=["--ros-args", "--params-file", str(params)])
+    try:
+        assert node.get_parameter("sync.slop_s").value == 0.02
+        assert node._engine.overlay_alpha == 0.25
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"sync.backend": "message_filters"}, "message_filters"),
+    ({"registration.homography": [1.0, 0.0]}, "homography"),
+    ({"sync.slop_s": -1.0}, "sync.slop_s"),
+    ({"qos.input.reliability": "sometimes"}, "qos.input.reliability"),
+])
+def test_bad_parameters_are_startup_errors(ros, params, message):
+    if "message_filters" in params.values() and importlib.util.find_spec("message_filters") is not None:
+        pytest.skip("message_filters is installed here")
+    with pytest.raises(StartupError, match=message.replace(".", r"\.")):
+        MafsNode(engine=stand_in_engine(), context=ros.context,
+                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real executable
+
+
+def node_env() -> dict[str, str]:
+    return {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1"}
+
+
+def run_node(*ros_args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mafs_ros.ros.node", "--ros-args", *ros_args],
+        env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_executable_fuses_a_pair_and_exits_cleanly_on_sigterm(ros):
+    proc = run_node("-p", "warmup:=0", "-p", "device:=cpu")
+    try:
+        # the latched info message proves the node is up and discovered before the first pair is sent
+        assert ros.wait_for(lambda: len(ros.messages("segmentation/info")) == 1, 60)
+        ros.wait_for_subscribers(["rgb/image", "thermal/image"], timeout_s=60)
+        (rgb, thermal), = sample_pairs(count=1)
+        publish_pair(ros, rgb, thermal, T0, T0)
+        if not ros.wait_for(lambda: len(results(ros)) == 1, 60):
+            proc.terminate()
+            pytest.fail(f"the node published no result; its output:\n{proc.communicate(timeout=10)[0]}")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=10)
+        assert time.monotonic() - start < 5.0
+        assert proc.returncode == 0, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("ros_args, expected", [
+    (("-p", "checkpoint:=/nonexistent/model.safetensors"), "/nonexistent/model.safetensors"),
+    (("-p", "device:=cuda"), "CUDA is not available"),
+])
+def test_executable_refuses_bad_checkpoint_and_device(ros_args, expected):
+    if "cuda" in " ".join(ros_args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    proc = run_node(*ros_args)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, output
+    assert expected in output and "Traceback" not in output
