@@ -17,9 +17,9 @@ setup:
 test: setup
 	$(TEST_CMD)
 
-## demo: setup, then run the demo (placeholder until `mafs demo` exists)
+## demo: setup, then the real node over a rosbag of the bundled sample pairs (report and PNGs in demo_out/)
 demo: setup
-	$(VENV)/bin/mafs fuse --ir data/sample/ir --vi data/sample/vi --out demo_out
+	$(VENV)/bin/mafs demo --out demo_out
 
 ## clean: remove build products (keeps the venv; `make distclean` removes it too)
 clean:

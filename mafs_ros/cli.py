@@ -354,6 +354,123 @@ def run_metrics(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# mafs replay
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    # From bags, not replay: replay imports torch, and `mafs --help` builds every parser.
+    from .bags import CAMERA_INFO_TOPIC, GROUND_TRUTH_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC
+
+    # The node's sync.* defaults (= replay.DEFAULT_*).
+    slop_s, queue_size, thermal_offset_s = 0.05, 10, 0.0
+
+    parser.add_argument("bag", type=Path, nargs="?",
+                        help="input rosbag2: a folder with metadata.yaml or a .mcap / .db3 file (sqlite3 or MCAP)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder: bag/ (the node's output topics), report.json, report.md, plots")
+    parser.add_argument("--list", action="store_true", help="print the bag's topics, types and message counts")
+    parser.add_argument("--from-recording", type=Path, metavar="OUTPUT_BAG",
+                        help="instead of running the model, report on a recorded live run: a bag with the "
+                             "node's input topics and its /mafs/result")
+    topics = parser.add_argument_group("topics (with or without the leading slash)")
+    topics.add_argument("--rgb-topic", default=RGB_TOPIC, help=f"default {RGB_TOPIC}")
+    topics.add_argument("--thermal-topic", default=THERMAL_TOPIC, help=f"default {THERMAL_TOPIC}")
+    topics.add_argument("--camera-info-topic", default=CAMERA_INFO_TOPIC,
+                        help=f"RGB camera info, republished as /fused/camera_info when present (default "
+                             f"{CAMERA_INFO_TOPIC}; '' to ignore)")
+    topics.add_argument("--labels-topic", default=GROUND_TRUTH_TOPIC,
+                        help=f"ground-truth label images (class ids, mono8), matched to RGB frames by stamp; "
+                             f"used when present (default {GROUND_TRUTH_TOPIC}; '' to ignore)")
+    topics.add_argument("--result-topic", default=RESULT_TOPIC,
+                        help=f"--from-recording: the node's FusedSegmentation topic (default {RESULT_TOPIC})")
+    pairing = parser.add_argument_group("pairing (the node's sync.* parameters)")
+    pairing.add_argument("--slop-s", type=float, default=slop_s,
+                         help=f"largest |thermal stamp + offset - RGB stamp| of a pair (default {slop_s})")
+    pairing.add_argument("--queue-size", type=int, default=queue_size,
+                         help=f"frames held per stream while waiting for a partner (default {queue_size})")
+    pairing.add_argument("--thermal-offset-s", type=float, default=thermal_offset_s,
+                         help="added to thermal stamps before pairing (a thermal camera lagging by 40 ms: 0.04; "
+                              f"default {thermal_offset_s})")
+    output = parser.add_argument_group("output")
+    output.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"],
+                        help="storage of the output bag (default mcap)")
+    output.add_argument("--no-inputs", action="store_true",
+                        help="do not copy the input topics into the output bag (smaller, but rviz2 then shows "
+                             "only the outputs)")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing DIR/bag")
+    output.add_argument("--contact-sheet", type=int, default=4, metavar="N",
+                        help="sample pairs in contact_sheet.png (default 4; 0: none)")
+    add_engine_arguments(parser)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from .bags import BagError, format_topics, list_topics
+
+    if (args.bag is None) == (args.from_recording is None):
+        logger.error("give either a BAG to replay or --from-recording OUTPUT_BAG")
+        return 2
+    bag = args.bag if args.bag is not None else args.from_recording
+    if args.list:
+        try:
+            print(format_topics(list_topics(bag)))
+        except BagError as exc:
+            logger.error("%s", exc)
+            return 2
+        return 0
+    from .checkpoint import CheckpointError
+    from .evaluate import format_metrics, format_table
+    from .metrics import FUSION_METRIC_NAMES
+    from .replay import ReplayError, replay, report_from_recording
+    if args.out is None:
+        logger.error("--out DIR is required (or --list)")
+        return 2
+    if args.contact_sheet < 0:
+        logger.error("--contact-sheet must not be negative, got %d", args.contact_sheet)
+        return 2
+    topics = {"rgb_topic": args.rgb_topic, "thermal_topic": args.thermal_topic, "labels_topic": args.labels_topic}
+    try:
+        if args.from_recording is not None:
+            report = report_from_recording(
+                bag, args.out, **topics, result_topic=args.result_topic, thermal_normalization=args.thermal_norm,
+                thermal_offset_s=args.thermal_offset_s, contact_sheet_count=args.contact_sheet,
+            )
+        else:
+            try:
+                engine = engine_from_args(args)
+            except (CheckpointError, ValueError, RuntimeError) as exc:  # bad checkpoint, device, precision, norm
+                logger.error("cannot set up the model: %s", exc)
+                return 2
+            report = replay(
+                bag, args.out, engine=engine, **topics, camera_info_topic=args.camera_info_topic,
+                slop_s=args.slop_s, queue_size=args.queue_size, thermal_offset_s=args.thermal_offset_s,
+                storage=args.storage, copy_inputs=not args.no_inputs, overwrite=args.overwrite,
+                contact_sheet_count=args.contact_sheet,
+            )
+    except (ReplayError, ValueError) as exc:  # unusable bag, missing topic, existing output, bad parameter
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("cannot write the replay outputs: %s", exc)
+        return 2
+
+    unmatched = ", ".join(f"{topic} {n}" for topic, n in report["unmatched"].items())
+    print(f"mafs replay: {report['pairs_fused']} pair(s) fused and scored from {bag} (unmatched frames: {unmatched}"
+          + (f"; skipped: {report['skipped']}" if report["skipped"] else "") + ")")
+    if report["fusion"]["mean"] is not None:
+        print(format_table(["set", "pairs", *FUSION_METRIC_NAMES],
+                           [["mean", str(report["pairs_fused"]), *format_metrics(report["fusion"]["mean"])]],
+                           markdown=False))
+    seg = report.get("segmentation")
+    if seg is not None and seg["mIoU"] is not None:
+        print(f"segmentation: mIoU {100 * seg['mIoU']:.2f} % over {seg['num_images']} labelled pair(s)")
+    output_bag = f", output bag: {report['output_bag']}" if report["output_bag"] else ""
+    print(f"report: {args.out / 'report.md'}{output_bag}")
+    if report.get("checkpoint", {}).get("trained") is False:
+        print("(the checkpoint is UNTRAINED: these numbers are meaningless)")
+    return 1 if report["read_error"] or report["skipped"] else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # mafs train
 
 
@@ -391,6 +508,29 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint for the node (default: the packaged one)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--rate-hz", type=float, default=5.0, help="camera rate of the sample bag (default: 5)")
+    parser.add_argument("--repeat", type=int, default=5, help="passes over the 6 sample pairs (default: 5)")
+    parser.add_argument("--max-pairs", type=int, default=None, help="stop after this many RGB frames")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from mafs_ros.bags import BagError
+    from mafs_ros.demo import DemoError, run_demo
+    from mafs_ros.replay import ReplayError
+
+    try:
+        run_demo(args.out, checkpoint=args.checkpoint, device=args.device, rate_hz=args.rate_hz,
+                 repeat=args.repeat, max_pairs=args.max_pairs)
+    except (DemoError, ReplayError, BagError) as exc:
+        logger.error("demo failed: %s", exc)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Registry and entry point
 
@@ -408,6 +548,10 @@ COMMANDS: list[Command] = [
             add_eval_arguments, run_eval),
     Command("metrics", "fusion metrics of fused images made by any method (ir/vi/fused folders)",
             add_metrics_arguments, run_metrics),
+    Command("replay", "run a rosbag through the model like the live node: output bag, metrics report, plots",
+            add_replay_arguments, run_replay),
+    Command("demo", "the real node over a rosbag of the bundled sample pairs; recording, report and PNGs",
+            add_demo_arguments, run_demo),
 ]
 
 

@@ -54,7 +54,7 @@ import numpy as np
 
 from .class_sets import IGNORE_LABEL
 from .cli import IMAGE_SUFFIXES, read_thermal, read_visible
-from .imaging import overlay, to_uint8
+from .imaging import ThermalNormalization, overlay, to_uint8
 from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, day_night, fusion_metrics, luma_u8, mean_metrics
 from .train.data import PairFiles, read_label, read_rgbt
 
@@ -67,7 +67,7 @@ FUSION_GROUPS = ("mean", "day", "night")
 
 
 @dataclass
-class _SheetRow:
+class SheetRow:
     """The panels of one contact-sheet row."""
 
     stem: str
@@ -95,13 +95,15 @@ def fusion_report(items: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str,
     return {"per_image": per_image, **mean_metrics(per_image)}
 
 
-def thermal_u8(engine: "MafsEngine", thermal: np.ndarray) -> np.ndarray:
-    """The infrared image A of the fusion metrics: `engine`'s thermal normalisation x 255, rounded (uint8).
+def thermal_u8(source: "MafsEngine | ThermalNormalization", thermal: np.ndarray) -> np.ndarray:
+    """The infrared image A of the fusion metrics: the thermal normalisation x 255, rounded (uint8).
 
+    `source` is an engine (its normalisation) or a ThermalNormalization (e.g. the one a recorded node used).
     This is what the network sees, so a 16-bit or float thermal frame is reduced to 8 bits exactly as the
     engine normalises it; an 8-bit frame under the default "fixed" normalisation comes back unchanged.
     """
-    return to_uint8(engine.thermal_normalization.apply(thermal, "cpu")).numpy()
+    normalization = source if isinstance(source, ThermalNormalization) else source.thermal_normalization
+    return to_uint8(normalization.apply(thermal, "cpu")).numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def evaluate(
     per_image: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     labelled = 0
-    sheet: list[_SheetRow] = []
+    sheet: list[SheetRow] = []
     for pair in tqdm(pairs, desc="eval", unit="pair", disable=None):
         try:
             rgb, thermal, gt = _read_pair(pair, len(engine.class_names))
@@ -167,7 +169,7 @@ def evaluate(
             _write_image(fused_dir / f"{pair.stem}.png", result.fused_y)
         if len(sheet) < contact_sheet_count:
             sheet.append(
-                _SheetRow(
+                SheetRow(
                     stem=pair.stem,
                     ir=ir,
                     vi=rgb,
@@ -195,14 +197,14 @@ def evaluate(
         "fusion": fusion_report(per_image.items()),
     }
     if labelled:
-        report["segmentation"] = _segmentation_summary(matrix, engine.class_names, labelled)
+        report["segmentation"] = segmentation_summary(matrix, engine.class_names, labelled)
     report["skipped"] = skipped
-    report = _json_ready(report)
+    report = json_ready(report)
 
     write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown_report(report), encoding="utf-8")
     if sheet:
-        _write_contact_sheet(out_dir / "contact_sheet.png", sheet, _sheet_title(report))
+        write_contact_sheet(out_dir / "contact_sheet.png", sheet, _sheet_title(report))
     logger.info("evaluated %d pair(s); report in %s", len(per_image), out_dir)
     return report
 
@@ -222,7 +224,7 @@ def _read_pair(pair: PairFiles, num_classes: int) -> tuple[np.ndarray, np.ndarra
     return rgb, thermal, gt
 
 
-def _segmentation_summary(matrix: ConfusionMatrix, class_names: Sequence[str], num_images: int) -> dict[str, Any]:
+def segmentation_summary(matrix: ConfusionMatrix, class_names: Sequence[str], num_images: int) -> dict[str, Any]:
     """The report's "segmentation" entry (spec §5.1 protocol, see `ConfusionMatrix`)."""
     summary = matrix.to_dict()
     return {
@@ -293,7 +295,7 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
         logger.error("skipped %r: %s", stem, skipped[stem])
     if not per_image:
         raise ValueError(f"no complete ir/vi/fused image triple in {', '.join(map(str, folders.values()))}")
-    return _json_ready({**fusion_report(per_image.items()), "skipped": dict(sorted(skipped.items()))})
+    return json_ready({**fusion_report(per_image.items()), "skipped": dict(sorted(skipped.items()))})
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -326,7 +328,7 @@ def _read_fused_luma(path: Path) -> np.ndarray:
 
 
 def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
-    """Write a report as indented strict JSON (NaN must already be None, see `_json_ready`)."""
+    """Write a report as indented strict JSON (NaN must already be None, see `json_ready`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -335,8 +337,8 @@ def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
 def fusion_table(fusion: Mapping[str, Any], *, markdown: bool = False) -> str:
     """The mean / day / night rows of a fusion layout as a table (aligned text, or Markdown)."""
     counts = _group_counts(fusion["per_image"])
-    rows = [[group, str(counts[group]), *_formatted(fusion[group])] for group in FUSION_GROUPS if group in fusion]
-    return _table(["set", "images", *FUSION_METRIC_NAMES], rows, markdown)
+    rows = [[group, str(counts[group]), *format_metrics(fusion[group])] for group in FUSION_GROUPS if group in fusion]
+    return format_table(["set", "images", *FUSION_METRIC_NAMES], rows, markdown)
 
 
 def _group_counts(per_image: Mapping[str, Any]) -> dict[str, int]:
@@ -345,7 +347,7 @@ def _group_counts(per_image: Mapping[str, Any]) -> dict[str, int]:
     return {"mean": len(tags), "day": tags.count("day"), "night": tags.count("night")}
 
 
-def _formatted(values: Mapping[str, float | None]) -> list[str]:
+def format_metrics(values: Mapping[str, float | None]) -> list[str]:
     """Metric values in FUSION_METRIC_NAMES order, 4 decimals; "n/a" for undefined ones."""
     return [_number(values[name], "{:.4f}") for name in FUSION_METRIC_NAMES]
 
@@ -354,7 +356,7 @@ def _number(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     """A Markdown table, or the same cells as plain-text columns (first left-aligned, numbers right-aligned)."""
     if markdown:
         lines = [header, ["---"] * len(header), *rows]
@@ -399,33 +401,37 @@ def _markdown_report(report: Mapping[str, Any]) -> str:
         "",
         "### Per image",
         "",
-        _table(
+        format_table(
             ["image", *FUSION_METRIC_NAMES],
-            [[stem, *_formatted(values)] for stem, values in fusion["per_image"].items()],
+            [[stem, *format_metrics(values)] for stem, values in fusion["per_image"].items()],
             markdown=True,
         ),
     ]
     seg = report.get("segmentation")
     if seg is not None:
-        lines += [
-            "",
-            "## Segmentation",
-            "",
-            f"Confusion matrix over {seg['num_images']} labelled image(s); mIoU over all classes including class 0, "
-            f"classes absent from both ground truth and prediction dropped; label {seg['ignore_index']} ignored.",
-            "",
-            f"- mIoU: {_number(_percent(seg['mIoU']), '{:.2f}')} %",
-            f"- Pixel accuracy: {_number(_percent(seg['pixel_accuracy']), '{:.2f}')} %",
-            "",
-            _table(
-                ["class", "IoU (%)"],
-                [[name, _number(_percent(iou), "{:.2f}")] for name, iou in seg["per_class_iou"].items()],
-                markdown=True,
-            ),
-        ]
+        lines += ["", *segmentation_markdown(seg)]
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- `{stem}`: {reason}" for stem, reason in report["skipped"].items()]
     return "\n".join(lines) + "\n"
+
+
+def segmentation_markdown(seg: Mapping[str, Any]) -> list[str]:
+    """The lines of a report's "## Segmentation" section (mIoU, pixel accuracy, per-class IoU table)."""
+    return [
+        "## Segmentation",
+        "",
+        f"Confusion matrix over {seg['num_images']} labelled image(s); mIoU over all classes including class 0, "
+        f"classes absent from both ground truth and prediction dropped; label {seg['ignore_index']} ignored.",
+        "",
+        f"- mIoU: {_number(_percent(seg['mIoU']), '{:.2f}')} %",
+        f"- Pixel accuracy: {_number(_percent(seg['pixel_accuracy']), '{:.2f}')} %",
+        "",
+        format_table(
+            ["class", "IoU (%)"],
+            [[name, _number(_percent(iou), "{:.2f}")] for name, iou in seg["per_class_iou"].items()],
+            markdown=True,
+        ),
+    ]
 
 
 def _percent(value: float | None) -> float | None:
@@ -440,7 +446,7 @@ def _sheet_title(report: Mapping[str, Any]) -> str:
     return title
 
 
-def _write_contact_sheet(path: Path, rows: Sequence[_SheetRow], title: str) -> None:
+def write_contact_sheet(path: Path, rows: Sequence[SheetRow], title: str) -> None:
     """One row per image: infrared | visible | fused | prediction overlay, plus a ground-truth overlay column
     when any row has a label."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
@@ -477,13 +483,13 @@ def _write_image(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """`value` with every NaN/inf float replaced by None (strict JSON has neither) and numpy scalars as Python
     numbers."""
     if isinstance(value, Mapping):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):

@@ -1,0 +1,293 @@
+"""`mafs demo`: the real node over a bag built from the bundled sample pairs, scored like a recorded drive.
+
+    data/sample (6 real MSRS pairs) ─► input rosbag2 (RGB + thermal at a camera rate, thermal lagging, jittered)
+    player (this process, rclpy) ─► DDS ─► mafs_node (a subprocess: the real node and its parameters) ─► DDS
+    recorder (this process) ─► recording rosbag2 (inputs + outputs, receive times) ─► replay report + PNGs
+
+The player publishes each message at its recorded rate, with its header stamp moved to "now" by one constant
+shift (offsets and jitter between the cameras are kept): the node sees live cameras, and its end-to-end latency
+(output receive time - RGB stamp) is meaningful on the wall clock. A CPU cannot fuse 480x640 pairs at a camera
+rate, so most pairs are dropped by the node's keep-latest mailbox: the report counts them, as on a robot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mafs_ros import bags
+from mafs_ros.bags import BagReader, BagWriter
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
+# The thermal camera's stamps are this much earlier than the RGB camera's (the node's sync.thermal_offset_s
+# is told so; a thermal camera's clock or exposure often differs by tens of ms).
+THERMAL_LAG_S = 0.02
+JITTER_S = 0.005
+INPUT_TOPICS = (bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC)
+OUTPUT_TOPICS = {
+    bags.FUSED_TOPIC: bags.IMAGE_TYPE,
+    bags.LABELS_TOPIC: bags.IMAGE_TYPE,
+    bags.OVERLAY_TOPIC: bags.IMAGE_TYPE,
+    bags.RESULT_TOPIC: bags.RESULT_TYPE,
+    bags.INFO_TOPIC: bags.INFO_TYPE,
+}
+
+
+class DemoError(RuntimeError):
+    """The demo could not run (node did not start, no output); the message says what to look at."""
+
+
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    *,
+    sample_dir: str | Path = SAMPLE_DIR,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    rate_hz: float = 5.0,
+    repeat: int = 5,
+    max_pairs: int | None = None,
+    startup_timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Run the demo; returns the replay report of the recording (also in out_dir/report.json).
+
+    rate_hz: camera rate of the built bag (RGB and thermal). repeat: passes over the sample pairs.
+    max_pairs: stop the bag after this many RGB frames (tests). Raises DemoError with the node's log on failure.
+    """
+    from mafs_ros import replay
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("input_bag", "recording", "fused", "overlay"):
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
+    input_bag = out_dir / "input_bag"
+    written = bags.write_pairs_bag(
+        input_bag, sample_dir, rate_hz=rate_hz, thermal_offset_s=THERMAL_LAG_S, jitter_s=JITTER_S, repeat=repeat
+    )
+    frames = len(written.rgb_stamps_ns) if max_pairs is None else min(max_pairs, len(written.rgb_stamps_ns))
+    print(f"input bag: {input_bag} ({frames} RGB + {frames} thermal frames at {rate_hz:g} Hz)", flush=True)
+
+    node_log = out_dir / "node.log"
+    node = _start_node(checkpoint, device, node_log)
+    try:
+        with _DemoSession(out_dir / "recording") as session:
+            session.wait_for_node(node, node_log, startup_timeout_s)
+            played = session.play(input_bag, frames)
+            session.wait_until_idle(node)
+            summary = session.summary()
+    finally:
+        _stop_node(node)
+    if summary["results"] == 0:
+        raise DemoError(f"the node published no result for {played} frames; see {node_log}")
+
+    report = replay.report_from_recording(out_dir / "recording", out_dir, thermal_offset_s=THERMAL_LAG_S)
+    _write_pngs(out_dir / "recording", out_dir)
+    _print_summary(report, out_dir)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The node subprocess
+
+
+def _start_node(checkpoint: str | None, device: str, log_path: Path) -> subprocess.Popen:
+    args = ["-p", f"device:={device}", "-p", f"sync.thermal_offset_s:={THERMAL_LAG_S}"]
+    if checkpoint:
+        args += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
+    command = [sys.executable, "-m", "mafs_ros.ros.node", "--ros-args", *args]
+    logger.info("starting the node: %s", " ".join(command))
+    log = open(log_path, "w")  # noqa: SIM115 - the subprocess owns it until _stop_node
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _stop_node(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        node.terminate()  # SIGTERM: the node's clean shutdown path
+        try:
+            node.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Player + recorder (rclpy, this process)
+
+
+class _DemoSession:
+    """An rclpy node that publishes the input bag and records inputs and outputs into a rosbag2."""
+
+    def __init__(self, recording: Path) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self._rclpy = rclpy
+        self._context = Context()
+        rclpy.init(context=self._context)
+        self._node = Node("mafs_demo_player", context=self._context)
+        self._writer = BagWriter(recording)
+        self._lock = threading.Lock()
+        self._results = 0
+        self._last_result = time.monotonic()
+
+        camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._publishers = {topic: self._node.create_publisher(Image, topic, camera_qos) for topic in INPUT_TOPICS}
+        # raw=True: the recorder stores the CDR bytes it receives, exactly what `ros2 bag record` would store.
+        for topic in INPUT_TOPICS:
+            self._record(Image, topic, bags.IMAGE_TYPE, QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
+        from mafs_ros.msg import FusedSegmentation, SegmentationInfo
+
+        types = {bags.IMAGE_TYPE: Image, bags.RESULT_TYPE: FusedSegmentation, bags.INFO_TYPE: SegmentationInfo}
+        for topic, msgtype in OUTPUT_TOPICS.items():
+            latched = topic == bags.INFO_TOPIC
+            qos = QoSProfile(
+                depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+            )
+            self._writer.add_topic(topic, msgtype, [bags.qos_profile(transient_local=latched)])
+            self._record(types[msgtype], topic, msgtype, qos)
+        self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
+        self._executor.add_node(self._node)
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: BLE001 - ends when the context is shut down
+            pass
+
+    def _record(self, msg_type: type, topic: str, msgtype: str, qos: Any) -> None:
+        def store(raw: bytes, topic: str = topic, msgtype: str = msgtype) -> None:
+            now = time.time_ns()
+            with self._lock:
+                if self._writer is None:
+                    return
+                self._writer.write_raw(topic, msgtype, now, raw)
+                if topic == bags.RESULT_TOPIC:
+                    self._results += 1
+                    self._last_result = time.monotonic()
+
+        self._node.create_subscription(msg_type, topic, store, qos, raw=True)
+
+    def __enter__(self) -> _DemoSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(timeout_sec=2.0)
+        self._node.destroy_node()
+        self._rclpy.try_shutdown(context=self._context)
+        self._spinner.join(5.0)
+        with self._lock:
+            self._writer.close()
+            self._writer = None
+
+    def wait_for_node(self, node: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+        """Until the node subscribes to both camera topics and its latched info message has arrived."""
+        deadline = time.monotonic() + timeout_s
+        rgb, thermal = self._publishers[bags.RGB_TOPIC], self._publishers[bags.THERMAL_TOPIC]
+        while time.monotonic() < deadline:
+            if node.poll() is not None:
+                raise DemoError(f"the node exited with code {node.returncode} at start-up:\n{log_path.read_text()}")
+            with self._lock:
+                info = self._writer.counts.get(bags.INFO_TOPIC, 0)
+            if info and rgb.get_subscription_count() and thermal.get_subscription_count():
+                time.sleep(0.5)  # its output publishers are matched about now; a margin costs nothing
+                return
+            time.sleep(0.1)
+        raise DemoError(f"the node did not come up within {timeout_s:.0f} s; see {log_path}")
+
+    def play(self, input_bag: Path, frames: int) -> int:
+        """Publish the bag's camera topics at their recorded rate, stamps shifted to now. Returns messages sent."""
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+
+        sent = rgb_frames = 0
+        with BagReader(input_bag) as reader:
+            messages = list(reader.messages(list(INPUT_TOPICS)))
+        if not messages:
+            raise DemoError(f"{input_bag} holds no camera messages")
+        start_wall, start_bag = time.monotonic_ns(), messages[0].receive_ns
+        shift_ns = time.time_ns() - start_bag
+        for message in messages:
+            if message.topic == bags.RGB_TOPIC:
+                rgb_frames += 1
+                if rgb_frames > frames:
+                    break
+            delay_ns = (message.receive_ns - start_bag) - (time.monotonic_ns() - start_wall)
+            if delay_ns > 0:
+                time.sleep(delay_ns / 1e9)
+            msg = deserialize_message(bytes(message.raw), Image)
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec + shift_ns
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            self._publishers[message.topic].publish(msg)
+            sent += 1
+        return sent
+
+    def wait_until_idle(self, node: subprocess.Popen, quiet_s: float = 5.0, timeout_s: float = 120.0) -> None:
+        """Until the node has published nothing for `quiet_s` (it fuses the last pair it took, then idles)."""
+        start = time.monotonic()
+        deadline = start + timeout_s
+        while time.monotonic() < deadline and node.poll() is None:
+            with self._lock:
+                idle = time.monotonic() - max(self._last_result, start)
+            if idle > quiet_s:
+                return
+            time.sleep(0.1)
+
+    def summary(self) -> dict[str, int]:
+        with self._lock:
+            return {"results": self._results, **self._writer.counts}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _write_pngs(recording: Path, out_dir: Path) -> None:
+    """Every recorded fused image and overlay as PNG, named by the RGB stamp (fused/, overlay/)."""
+    from mafs_ros.ros.conversions import image_to_numpy
+
+    for topic, folder in ((bags.FUSED_TOPIC, "fused"), (bags.OVERLAY_TOPIC, "overlay")):
+        (out_dir / folder).mkdir(exist_ok=True)
+        with BagReader(recording) as reader:
+            for message in reader.messages([topic]):
+                msg = bags.deserialize(message)
+                rgb = np.asarray(image_to_numpy(msg))
+                name = f"{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
+                cv2.imwrite(str(out_dir / folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
+    fusion = report.get("fusion", {}).get("mean", {})
+    latency = report.get("latency_ms", {})
+    end_to_end = report.get("end_to_end_ms", {})
+    read = report.get("frames_read", {})
+    metrics = "  ".join(f"{k} {v:.3f}" for k, v in fusion.items() if isinstance(v, (int, float)))
+    print(f"\nwrote {out_dir}/report.md, report.json, plots, contact sheet, fused/ and overlay/ PNGs, "
+          f"recording/ (rosbag2: inputs + node outputs), node.log")
+    print(f"pairs fused: {report.get('pairs_fused', 0)} of {read.get(bags.RGB_TOPIC, 0)} RGB frames "
+          f"(dropped while the model was busy or unmatched: {sum(report.get('unmatched', {}).values())} frames)")
+    print(f"mean fusion metrics: {metrics}")
+    print(f"latency: inference p50 {_ms(latency.get('p50'))}, p95 {_ms(latency.get('p95'))}; "
+          f"end to end p50 {_ms(end_to_end.get('p50'))}")
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.0f} ms" if isinstance(value, (int, float)) else "n/a"
