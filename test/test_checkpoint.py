@@ -230,3 +230,6 @@ def test_packaged_default_loads(caplog):
     build_model_from_checkpoint(ckpt)
     if not ckpt.trained:
         assert "UNTRAINED" in caplog.text and "UNTRAINED" in ckpt.description
+    else:  # a shipped trained checkpoint says how it was made and what it scored
+        assert "UNTRAINED" not in caplog.text
+        assert {"recipe", "data", "msrs_sample_fusion_mean"} <= set(ckpt.extra)
