@@ -146,7 +146,7 @@ def test_eval_real_checkpoint(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "report.json").read_text())
-    assert report["checkpoint"]["config"] == "mafs-lite" and report["checkpoint"]["trained"] is False
+    assert report["checkpoint"]["config"] == "mafs-lite" and report["checkpoint"]["trained"] is True
     assert Path(report["checkpoint"]["path"]).name == "mafs-lite.safetensors"
     assert report["images"] == 2 and report["skipped"] == {}
 
