@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from mafs_ros import bags
 from mafs_ros.bags import BagReader, BagWriter
@@ -264,14 +263,14 @@ def _write_pngs(recording: Path, out_dir: Path) -> None:
     """Every recorded fused image and overlay as PNG, named by the RGB stamp (fused/, overlay/)."""
     from mafs_ros.ros.conversions import image_to_numpy
 
-    for topic, folder in ((bags.FUSED_TOPIC, "fused"), (bags.OVERLAY_TOPIC, "overlay")):
-        (out_dir / folder).mkdir(exist_ok=True)
-        with BagReader(recording) as reader:
-            for message in reader.messages([topic]):
-                msg = bags.deserialize(message)
-                rgb = np.asarray(image_to_numpy(msg))
-                name = f"{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
-                cv2.imwrite(str(out_dir / folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    folders = {bags.FUSED_TOPIC: out_dir / "fused", bags.OVERLAY_TOPIC: out_dir / "overlay"}
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    with BagReader(recording) as reader:
+        for message in reader.messages(list(folders)):
+            msg = bags.deserialize(message)
+            name = f"{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
+            cv2.imwrite(str(folders[message.topic] / name), cv2.cvtColor(image_to_numpy(msg), cv2.COLOR_RGB2BGR))
 
 
 def _print_summary(report: dict[str, Any], out_dir: Path) -> None:

@@ -39,7 +39,6 @@ from sensor_msgs.msg import CameraInfo, Image
 from mafs_ros.class_sets import IGNORE_LABEL
 from mafs_ros.ros.conversions import (
     ImageConversionError,
-    image_to_numpy,
     numpy_to_image,
     thermal_from_image,
     visible_from_image,
@@ -113,10 +112,11 @@ class StartupError(RuntimeError):
 
 @dataclass
 class _Frame:
-    """An input message that passed the cheap checks in the subscription callback."""
+    """An input message decoded in its subscription callback (a view of the message buffer where possible)."""
 
     msg: Image
-    received_ns: int
+    image: np.ndarray  # visible: (H, W, 3) uint8 RGB; thermal: (H, W) uint8 | uint16 | float32
+    decode_ms: float
 
 
 class _Mailbox:
@@ -187,8 +187,10 @@ class MafsNode(Node):
         self._engine = engine if engine is not None else self._build_engine()
         self._homography = self._read_homography()
         self._publish_confidence = bool(self._param("publish_confidence"))
-        self._check_alpha(self._param("overlay_alpha"))
-        self._engine.overlay_alpha = float(self._param("overlay_alpha"))
+        try:
+            self._engine.overlay_alpha = float(self._param("overlay_alpha"))
+        except (TypeError, ValueError) as exc:
+            raise StartupError(f"parameter overlay_alpha: {exc}") from None
 
         self._pairer = ApproximateTimePairer(
             slop_s=self._positive("sync.slop_s"),
@@ -239,11 +241,6 @@ class MafsNode(Node):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
             raise StartupError(f"parameter {name} must be a positive number, got {value!r}")
         return float(value)
-
-    @staticmethod
-    def _check_alpha(alpha: Any) -> None:
-        if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-            raise StartupError(f"parameter overlay_alpha must be within [0, 1], got {alpha!r}")
 
     def _build_engine(self) -> Any:
         # torch is imported here, not at module level, so `mafs_node --help`-style failures stay fast.
@@ -372,14 +369,18 @@ class MafsNode(Node):
     # Input callbacks (keep them short: the pairing lock and the executor thread are shared)
 
     def _accept(self, topic: str, msg: Image) -> _Frame | None:
-        """Cheap checks of an input message (encoding, size, buffer length); a bad one is counted and skipped."""
+        """Decode an input message once, here, so a bad one is counted per topic and never paired.
+
+        rgb8/bgr8/mono16/... decode to views of the message buffer, so this stays cheap in the callback.
+        """
         self._input_rates[topic].tick()
+        start = time.perf_counter()
         try:
-            image_to_numpy(msg)
+            image = visible_from_image(msg) if topic == RGB_TOPIC else thermal_from_image(msg)
         except ImageConversionError as exc:
             self._reject(exc.reason, f"{self.resolve_topic_name(topic)}: {exc}")
             return None
-        return _Frame(msg, self.get_clock().now().nanoseconds)
+        return _Frame(msg, image, (time.perf_counter() - start) * 1e3)
 
     def _on_rgb(self, msg: Image) -> None:
         frame = self._accept(RGB_TOPIC, msg)
@@ -434,13 +435,7 @@ class MafsNode(Node):
     def _process(self, pair: Pair) -> None:
         start = time.perf_counter()
         rgb_msg: Image = pair.rgb.msg
-        thermal_msg: Image = pair.thermal.msg
-        try:
-            rgb = visible_from_image(rgb_msg)
-            thermal = thermal_from_image(thermal_msg)
-        except ImageConversionError as exc:
-            self._reject(exc.reason, f"pair at {rgb_msg.header.stamp.sec}.{rgb_msg.header.stamp.nanosec:09d}: {exc}")
-            return
+        rgb, thermal = pair.rgb.image, pair.thermal.image
         height, width = rgb.shape[:2]
         if self._homography is not None:
             thermal = cv2.warpPerspective(
@@ -485,7 +480,8 @@ class MafsNode(Node):
         with self._stats_lock:
             self._inference_ms.append(sum(result.timings.values()))
             self._latency_ms.append(latency_ms)
-            self._overhead_ms.append(((decoded - start) + (done - inferred)) * 1e3)
+            decode_ms = pair.rgb.decode_ms + pair.thermal.decode_ms
+            self._overhead_ms.append(decode_ms + ((decoded - start) + (done - inferred)) * 1e3)
 
     def _result_message(self, pair: Pair, fused: Image, labels: Image, confidence: Image, timings: dict) -> Any:
         result = self._result_type()
