@@ -12,6 +12,7 @@ rate, so most pairs are dropped by the node's keep-latest mailbox: the report co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,11 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 # is told so; a thermal camera's clock or exposure often differs by tens of ms).
 THERMAL_LAG_S = 0.02
 JITTER_S = 0.005
+# Fast DDS sends a 640x480 image over UDP as ~15 best-effort fragments; where shared memory is not usable (some
+# containers and CI sandboxes) a lost fragment loses the frame and the node never sees a pair. LARGE_DATA keeps
+# discovery on UDP but moves user data to shared memory or, failing that, loopback TCP. Used by the demo's player
+# and node unless the user chose a transport already.
+FASTDDS_TRANSPORT_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
 INPUT_TOPICS = (bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC)
 OUTPUT_TOPICS = {
     bags.FUSED_TOPIC: bags.IMAGE_TYPE,
@@ -77,10 +84,13 @@ def run_demo(
     frames = len(written.rgb_stamps_ns) if max_pairs is None else min(max_pairs, len(written.rgb_stamps_ns))
     print(f"input bag: {input_bag} ({frames} RGB + {frames} thermal frames at {rate_hz:g} Hz)", flush=True)
 
+    transport = {FASTDDS_TRANSPORT_VARIABLE: os.environ.get(FASTDDS_TRANSPORT_VARIABLE, "LARGE_DATA")}
     node_log = out_dir / "node.log"
-    node = _start_node(checkpoint, device, node_log)
+    node = _start_node(checkpoint, device, node_log, transport)
     try:
-        with _DemoSession(out_dir / "recording") as session:
+        with _environment(transport):  # read when the player's DDS participant is created
+            session = _DemoSession(out_dir / "recording")
+        with session:
             session.wait_for_node(node, node_log, startup_timeout_s)
             played = session.play(input_bag, frames)
             session.wait_until_idle(node)
@@ -88,7 +98,12 @@ def run_demo(
     finally:
         _stop_node(node)
     if summary["results"] == 0:
-        raise DemoError(f"the node published no result for {played} frames; see {node_log}")
+        received = {topic: summary.get(topic, 0) for topic in (bags.RGB_TOPIC, bags.THERMAL_TOPIC)}
+        raise DemoError(
+            f"the node published no result for {played} frames (the recorder beside the player received "
+            f"{received}; {transport}); "
+            f"the end of {node_log}:\n{_tail(node_log)}"
+        )
 
     report = replay.report_from_recording(out_dir / "recording", out_dir, thermal_offset_s=THERMAL_LAG_S)
     _write_pngs(out_dir / "recording", out_dir)
@@ -100,15 +115,33 @@ def run_demo(
 # The node subprocess
 
 
-def _start_node(checkpoint: str | None, device: str, log_path: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _start_node(checkpoint: str | None, device: str, log_path: Path, transport: dict[str, str]) -> subprocess.Popen:
     args = ["-p", f"device:={device}", "-p", f"sync.thermal_offset_s:={THERMAL_LAG_S}"]
     if checkpoint:
         args += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
     command = [sys.executable, "-m", "mafs_ros.ros.node", "--ros-args", *args]
     logger.info("starting the node: %s", " ".join(command))
     log = open(log_path, "w")  # noqa: SIM115 - the subprocess owns it until _stop_node
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **transport, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else "(no log)"
 
 
 def _stop_node(node: subprocess.Popen) -> None:
@@ -240,12 +273,13 @@ class _DemoSession:
         return sent
 
     def wait_until_idle(self, node: subprocess.Popen, quiet_s: float = 5.0, timeout_s: float = 120.0) -> None:
-        """Until the node has published nothing for `quiet_s` (it fuses the last pair it took, then idles)."""
+        """Until the node has published nothing for `quiet_s` after its first result (it fuses the last pair it
+        took, then idles). A slow first inference is waited for up to `timeout_s`."""
         start = time.monotonic()
         deadline = start + timeout_s
         while time.monotonic() < deadline and node.poll() is None:
             with self._lock:
-                idle = time.monotonic() - max(self._last_result, start)
+                idle = time.monotonic() - self._last_result if self._results else 0.0
             if idle > quiet_s:
                 return
             time.sleep(0.1)
