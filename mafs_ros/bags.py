@@ -4,8 +4,9 @@
   mafs_ros/msg/FusedSegmentation and SegmentationInfo registered from msg/*.msg, the one source of their
   definitions (also compiled by rosidl). Their RIHS01 hashes equal rosidl's, so `ros2 bag play` accepts them.
 - `BagReader`: rosbag2 directories (metadata versions of Humble to Kilted) and bare .mcap / .db3 files, sqlite3
-  and MCAP storage. Messages come in receive-time order. An MCAP file without a valid summary (a recorder that
-  was killed) is read front to back up to its last complete record instead of being refused.
+  and MCAP storage. Messages come in receive-time order. An MCAP file without a valid summary or a sqlite3 file
+  cut short (a recorder that was killed, a copy that stopped) is read front to back up to its last complete
+  message instead of being refused.
 - `BagWriter`: a new rosbag2 (MCAP or sqlite3, metadata version 9) from typestore messages or raw CDR bytes.
 - `write_pairs_bag`: a camera-like bag (RGB at a fixed rate, thermal with an offset and jitter, optional ground
   truth and camera info) from real image pairs, for tests and demos.
@@ -15,8 +16,10 @@ Messages are rosbags dataclasses: `header.stamp.sec/nanosec`, primitive arrays (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -173,8 +176,9 @@ class BagReader:
     """An open rosbag2 for reading: a directory with metadata.yaml, or a bare .mcap / .db3 file.
 
     Use as a context manager. `topics` maps topic -> TopicInfo. Raises BagError if the bag cannot be opened.
-    An MCAP file that rosbags refuses because its summary or footer is missing or broken (a truncated
-    recording) is opened in recovery mode (`recovered` is True): complete records are read front to back.
+    A single MCAP or sqlite3 file that rosbags refuses (an MCAP summary or footer missing or broken, a sqlite3
+    file shorter than its header says: a truncated recording) is opened in recovery mode (`recovered` is True):
+    complete messages are read front to back, in storage order, until the first broken one.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -183,19 +187,22 @@ class BagReader:
             raise BagError(f"bag {self.path} does not exist")
         self.recovered = False
         self._reader: Reader | None = None
-        self._scan: _McapScan | None = None
+        self._scan: _McapScan | _Sqlite3Scan | None = None
         try:
             self._reader = Reader(self.path)
             self._reader.open()
         except Exception as exc:  # rosbags raises ReaderError, but also KeyError/OSError/apsw errors for bad files
             self._reader = None
-            mcap_file = _single_mcap_file(self.path)
-            if mcap_file is None:
-                raise BagError(f"cannot open bag {self.path}: {_describe(exc)}") from None
-            self._scan = _McapScan(mcap_file)
+            refused = f"cannot open bag {self.path}: {_describe(exc)}"
+            if (mcap_file := _single_file(self.path, ".mcap")) is not None:
+                storage_file, self._scan = mcap_file, _McapScan(mcap_file)
+            elif (db3_file := _single_file(self.path, ".db3")) is not None:
+                storage_file, self._scan = db3_file, _Sqlite3Scan(db3_file, refused)
+            else:
+                raise BagError(refused) from None
             self.recovered = True
             logger.warning("%s: %s; reading its complete records front to back (%d message(s))",
-                           mcap_file, _describe(exc), sum(info.count for info in self._scan.topics.values()))
+                           storage_file, _describe(exc), sum(info.count for info in self._scan.topics.values()))
 
     def __enter__(self) -> BagReader:
         return self
@@ -262,12 +269,70 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _single_mcap_file(path: Path) -> Path | None:
-    """The MCAP file of a bag that is one .mcap file, or a directory holding exactly one; else None."""
+def _single_file(path: Path, suffix: str) -> Path | None:
+    """The storage file of a bag that is one `suffix` file, or a directory holding exactly one; else None."""
     if path.is_file():
-        return path if path.suffix == ".mcap" else None
-    files = sorted(path.glob("*.mcap"))
+        return path if path.suffix == suffix else None
+    files = sorted(path.glob(f"*{suffix}"))
     return files[0] if len(files) == 1 else None
+
+
+class _Sqlite3Scan:
+    """Reads a rosbag2 sqlite3 file row by row in storage (= recording) order, for a file cut short.
+
+    SQLite refuses a file shorter than its header's page count unless writable_schema is on; with it, the
+    pages that are there can be read. The connection is read-only and immutable, so nothing is ever written.
+    The scan stops at the first row on a missing or broken page; `error` says where. Raises BagError
+    (`refused`: what rosbags said) if not even the topics table or the first message is readable.
+    """
+
+    def __init__(self, path: Path, refused: str) -> None:
+        self.path = path
+        self.error: str | None = None
+        try:
+            with _closing_sqlite(path) as db:
+                self._topics = {row[0]: (row[1], row[2]) for row in db.execute("SELECT id, name, type FROM topics")}
+        except sqlite3.Error as exc:
+            raise BagError(f"{refused} (its topics table is unreadable too: {_describe(exc)})") from None
+        counts = {topic_id: 0 for topic_id in self._topics}
+        for topic_id, _, _ in self._rows():
+            counts[topic_id] += 1
+        if self.error is not None and not any(counts.values()):
+            raise BagError(f"{refused} (no complete message: {self.error})")
+        self.topics = {name: TopicInfo(msgtype, counts[topic_id]) for topic_id, (name, msgtype) in self._topics.items()}
+
+    def messages(self, topics: set[str]) -> Iterator[BagMessage]:
+        """The complete messages of `topics`; raises ValueError at the first broken row."""
+        for topic_id, receive_ns, data in self._rows():
+            topic, msgtype = self._topics[topic_id]
+            if topic in topics:
+                yield BagMessage(topic, msgtype, receive_ns, data)
+        if self.error is not None:
+            raise ValueError(self.error)
+
+    def _rows(self) -> Iterator[tuple[int, int, bytes]]:
+        """(topic id, receive ns, data) of every readable row, in id order."""
+        row_id = 0
+        with _closing_sqlite(self.path) as db:
+            try:
+                for row_id, topic_id, receive_ns, data in db.execute(
+                    "SELECT id, topic_id, timestamp, data FROM messages ORDER BY id"
+                ):
+                    if topic_id not in self._topics:
+                        raise ValueError(f"message {row_id} on unknown topic id {topic_id}")
+                    yield topic_id, receive_ns, data
+            except (sqlite3.Error, ValueError) as exc:
+                self.error = f"broken sqlite3 page after message id {row_id}: {_describe(exc)}"
+
+
+@contextlib.contextmanager
+def _closing_sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        db.execute("PRAGMA writable_schema = ON")  # read a file shorter than its header says (see _Sqlite3Scan)
+        yield db
+    finally:
+        db.close()
 
 
 class _McapScan:

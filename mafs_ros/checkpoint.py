@@ -232,7 +232,7 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         ) from exc
 
     metadata = _decode_metadata(path, raw_metadata)
-    config, class_names, palette, inputs, trained = _parse_metadata(path, metadata)
+    config, class_names, palette, inputs, trained = parse_metadata(path, metadata)
     _check_finite(state_dict, str(path))
     if weights_sha256(state_dict) != metadata["weights_sha256"]:
         raise CheckpointError(
@@ -287,10 +287,11 @@ def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-def _parse_metadata(
+def parse_metadata(
     path: Path, metadata: dict[str, Any]
 ) -> tuple[MafsConfig, tuple[str, ...], np.ndarray, InputConventions, bool]:
-    """Typed, validated config, class names, palette, input conventions and trained flag."""
+    """Typed, validated config, class names, palette, input conventions and trained flag of decoded checkpoint
+    metadata (a safetensors header, or the metadata an ONNX export carries); CheckpointError names `path`."""
     try:
         config = MafsConfig.from_dict(metadata["model_config"])
     except (ValueError, TypeError, AttributeError) as exc:

@@ -531,6 +531,129 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench import BATCHES, CONFIGS
+
+    parser.add_argument("--out", default=None, help="write OUT/bench.json and OUT/bench.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU only, both configs, 480x640, batch 1, at most 25 s per record")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, help="(default: all)")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="HxW", help="(default: 480x640 600x800)")
+    parser.add_argument("--batches", nargs="+", type=int, default=None, help=f"(default: {BATCHES})")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                        help="(default: cpu and, where present, cuda)")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per record (default: 50)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop a record's runs after this long, at least 3 runs (default: 120)")
+    parser.add_argument("--no-node", action="store_true", help="skip the node records (no rclpy needed)")
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager reference")
+    parser.add_argument("--check-precision", action="store_true",
+                        help="also compare bf16 (CPU) / fp16, bf16 (CUDA) outputs with fp32 on the sample pairs")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import BenchPlan, markdown_table, precision_report, run_bench, write_outputs
+
+    plan = BenchPlan.quick() if args.quick else BenchPlan()
+    try:
+        sizes = tuple(tuple(int(v) for v in text.lower().split("x")) for text in args.sizes) if args.sizes else None
+    except ValueError:
+        logger.error("--sizes takes HxW values such as 480x640, got %s", args.sizes)
+        return 2
+    if sizes is not None and any(len(size) != 2 or min(size) < 32 for size in sizes):
+        logger.error("--sizes takes HxW values of at least 32x32, got %s", args.sizes)
+        return 2
+    overrides = {"configs": args.configs, "sizes": sizes, "batches": args.batches, "devices": args.devices,
+                 "runs": args.runs, "max_seconds": args.max_seconds}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(plan, name, tuple(value) if isinstance(value, list) else value)
+    plan.node, plan.eager = not args.no_node, not args.no_eager
+
+    def progress(record) -> None:
+        extra = f", {record.speedup_vs_eager:.2f}x eager" if record.speedup_vs_eager else ""
+        print(f"{record.what:16s} {record.config:16s} {record.device}/{record.precision} b{record.batch} "
+              f"{record.height}x{record.width}: median {record.median_ms:.1f} ms, p95 {record.p95_ms:.1f} ms, "
+              f"{record.pairs_per_s:.2f} pairs/s ({record.runs} runs{extra})", flush=True)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}", flush=True)
+    records = run_bench(plan, progress)
+    extra = {}
+    if args.check_precision:
+        extra["precision check (reduced vs fp32, sample pairs 480x640)"] = rows = precision_report(
+            plan.devices, plan.configs)
+        for row in rows:
+            print(f"precision {row['config']} {row['device']}/{row['precision']}: min PSNR "
+                  f"{row['min_psnr_db']:.1f} dB, label agreement {row['label_agreement'] * 100:.2f} % "
+                  f"({'ok' if row['ok'] else 'BELOW the bounds'})")
+    print(markdown_table(records))
+    if args.out:
+        write_outputs(records, Path(args.out), extra)
+        print(f"wrote {args.out}/bench.json and bench.md")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs export
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", type=Path, required=True, metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="mafs_ros checkpoint (.safetensors); default: the packaged one")
+    parser.add_argument("--height", type=int, default=None,
+                        help="fixed network input height, a multiple of 32 (with --width); default: dynamic size")
+    parser.add_argument("--width", type=int, default=None, help="fixed network input width, a multiple of 32")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
+    parser.add_argument("--static-batch", action="store_true", help="batch size fixed to 1 (default: dynamic)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the check of onnxruntime against PyTorch on the bundled sample pairs")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .bench import SAMPLE_DIR, sample_pairs
+    from .checkpoint import CheckpointError
+    from .export import OnnxVerificationError, export_onnx, verify_onnx
+
+    try:
+        path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width, opset=args.opset,
+                           dynamic_batch=not args.static_batch)
+    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:  # bad checkpoint/arguments, export failure
+        logger.error("cannot export: %s", exc)
+        return 2
+    size_mode = "dynamic height and width" if args.height is None else f"fixed size {args.height}x{args.width}"
+    batch_mode = "batch 1" if args.static_batch else "dynamic batch"
+    print(f"mafs export: wrote {path} (opset {args.opset}, {size_mode}, {batch_mode}, "
+          f"{path.stat().st_size / 2**20:.1f} MiB)")
+    if args.no_verify:
+        return 0
+
+    # Dynamic exports are checked at the sample's own 480x640, the usual network size.
+    size = (480, 640) if args.height is None else (args.height, args.width)
+    try:
+        pairs = sample_pairs(size, len(list((SAMPLE_DIR / "vi").glob("*.png"))) or 1)
+    except FileNotFoundError as exc:  # an installed package has no data/sample
+        logger.error("cannot verify (%s); run from a source checkout or give --no-verify", exc)
+        return 2
+    try:
+        report = verify_onnx(path, args.checkpoint, pairs)
+    except OnnxVerificationError as exc:
+        logger.error("%s; the file is kept for inspection, do not deploy it", exc)
+        return 1
+    except (CheckpointError, RuntimeError) as exc:  # e.g. onnxruntime not installed
+        logger.error("cannot verify: %s", exc)
+        return 2
+    errors, tolerance = report["max_abs_error"], report["tolerance"]
+    print(f"verified on {report['pairs']} sample pair(s) at {size[0]}x{size[1]}, onnxruntime vs PyTorch fp32: "
+          + ", ".join(f"{name} max abs error {errors[name]:.2e} (tolerance {tolerance[name]:.1e})" for name in errors))
+    print(f"one forward (fastest of {report['pairs']}): PyTorch {report['torch_ms']:.0f} ms, onnxruntime "
+          f"{report['onnxruntime_ms']:.0f} ms ({report['torch_ms'] / report['onnxruntime_ms']:.2f}x)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Registry and entry point
 
@@ -552,6 +675,10 @@ COMMANDS: list[Command] = [
             add_replay_arguments, run_replay),
     Command("demo", "the real node over a rosbag of the bundled sample pairs; recording, report and PNGs",
             add_demo_arguments, run_demo),
+    Command("bench", "time the engine (per stage, against plain eager) and the node, on CPU and CUDA",
+            add_bench_arguments, run_bench),
+    Command("export", "export a checkpoint to ONNX (onnxruntime, TensorRT) and check it against PyTorch",
+            add_export_arguments, run_export),
 ]
 
 

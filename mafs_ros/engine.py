@@ -21,6 +21,7 @@ full-resolution Cb/Cr, which keeps the visible image's chroma detail. At sizes t
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from .checkpoint import Checkpoint, InputConventions, build_model_from_checkpoin
 from .class_sets import IGNORE_LABEL, default_class_set
 from .imaging import THERMAL_DTYPES, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 from .model import MafsConfig
+from .model.inference import prepare_for_inference
+from .onnx_backend import OnnxRuntimeNet
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,32 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
 
 
+class _StageClock:
+    """Stage boundaries of one engine call. On CUDA they are events recorded on the stream, so timing adds no
+    host-device synchronisation between stages (they are read once the outputs are on the host); on a CPU,
+    wall-clock times."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._marks: list[Any] = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append(event)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        """Milliseconds between consecutive marks."""
+        if self._cuda:
+            self._marks[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self._marks, self._marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self._marks, self._marks[1:])]
+
+
 class MafsEngine:
     """Runs a MAFS network on (visible, thermal) numpy pairs.
 
@@ -106,13 +135,20 @@ class MafsEngine:
     from an already-built `model` (tests, training) whose `model.config` is its MafsConfig; class names and
     palette then default to `class_sets.default_class_set(num_classes)` and the thermal normalisation to
     "fixed". The engine moves the model to `device` and puts it in eval mode.
+    A checkpoint path ending in .onnx (written by `mafs export --onnx`) runs in onnxruntime instead
+    (`onnx_backend.OnnxRuntimeNet`, backend 'onnxruntime'): fp32 only, `optimize` does not apply.
 
     device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (see `resolve_device`).
-    precision: 'fp32', or 'fp16'/'bf16' (autocast, CUDA only; the weights stay fp32).
+    precision: 'fp32', 'fp16' (CUDA) or 'bf16' (CUDA, or CPUs with bf16 units): autocast, the weights stay
+    fp32. `mafs bench --check-precision` measures what it costs in accuracy (fused PSNR, label agreement).
     thermal_normalization: overrides the checkpoint's (a ThermalNormalization, spec string or dict).
     size_policy: 'resize' (official protocol, default) or 'pad' (reflect-pad to a multiple of 32, crop back).
     warmup: forward passes at `warmup_size` (H, W) run once here, so the first real frame is not slow.
     overlay_alpha: label colour weight of `FusionResult.overlay`.
+    optimize: rewrite the network for inference (`model.inference.prepare_for_inference`: BatchNorm folded
+    into the convolutions, channels-last; same outputs to float rounding). Default: on for a model the engine
+    loads from a checkpoint; for a given `model` (which the caller may go on training) it is off, and `True`
+    optimises a copy.
     """
 
     def __init__(
@@ -129,6 +165,7 @@ class MafsEngine:
         warmup: int = 0,
         warmup_size: tuple[int, int] = (480, 640),
         overlay_alpha: float = 0.5,
+        optimize: bool | None = None,
     ) -> None:
         if size_policy not in SIZE_POLICIES:
             raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
@@ -138,11 +175,10 @@ class MafsEngine:
             raise ValueError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
 
         self._device = resolve_device(device)
-        if precision != "fp32":
-            if self._device.type != "cuda":
-                raise ValueError(f"precision {precision!r} needs a CUDA device (got {self._device}); use fp32 on CPU")
-            if precision == "bf16" and not torch.cuda.is_bf16_supported():
-                raise ValueError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
+        if precision == "fp16" and self._device.type != "cuda":
+            raise ValueError(f"precision 'fp16' needs a CUDA device (got {self._device}); use fp32 or bf16 on CPU")
+        if precision == "bf16" and self._device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
 
         if model is not None:
             if checkpoint is not None:
@@ -150,15 +186,33 @@ class MafsEngine:
             config = getattr(model, "config", None)
             if not isinstance(config, MafsConfig):
                 raise ValueError("the model needs its MafsConfig as `model.config` (use build_model())")
+            optimized = bool(optimize)
+            if optimized:
+                model = copy.deepcopy(model)
             defaults = default_class_set(config.num_classes)
             self._class_names = tuple(class_names) if class_names is not None else defaults.class_names
             self._palette = np.asarray(palette if palette is not None else defaults.palette, dtype=np.uint8)
             inputs = InputConventions()
             self._trained: bool | None = None
             self._checkpoint_path: Path | None = None
+        elif isinstance(checkpoint, (str, Path)) and Path(checkpoint).suffix.lower() == ".onnx":
+            if precision != "fp32":
+                raise ValueError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
+                                 "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (see the README)")
+            if optimize:
+                raise ValueError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
+            model = OnnxRuntimeNet(checkpoint, self._device)
+            optimized = False
+            config = model.config
+            self._class_names = tuple(class_names) if class_names is not None else model.class_names
+            self._palette = np.asarray(palette, dtype=np.uint8) if palette is not None else model.palette
+            inputs = model.inputs
+            self._trained = model.trained
+            self._checkpoint_path = model.path
         else:
             ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
             model = build_model_from_checkpoint(ckpt)
+            optimized = optimize is not False
             config = ckpt.config
             self._class_names = tuple(class_names) if class_names is not None else ckpt.class_names
             self._palette = np.asarray(palette, dtype=np.uint8) if palette is not None else ckpt.palette
@@ -174,7 +228,12 @@ class MafsEngine:
             )
 
         self._config = config
-        self._model = model.to(self._device).eval()
+        self._optimized = optimized
+        self._memory_format = torch.channels_last if optimized else torch.contiguous_format
+        if isinstance(model, OnnxRuntimeNet):  # onnxruntime holds the graph: nothing to move or rewrite
+            self._model = model
+        else:
+            self._model = prepare_for_inference(model, self._device) if optimized else model.to(self._device).eval()
         self._precision = precision
         self._size_policy = size_policy
         self._size_multiple = inputs.size_multiple
@@ -195,8 +254,13 @@ class MafsEngine:
     # Properties
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> nn.Module | OnnxRuntimeNet:
         return self._model
+
+    @property
+    def backend(self) -> str:
+        """'torch', or 'onnxruntime' for an .onnx checkpoint."""
+        return "onnxruntime" if isinstance(self._model, OnnxRuntimeNet) else "torch"
 
     @property
     def config(self) -> MafsConfig:
@@ -236,6 +300,11 @@ class MafsEngine:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be within [0, 1], got {alpha}")
         self._overlay_alpha = float(alpha)
+
+    @property
+    def optimized(self) -> bool:
+        """Whether the network was rewritten for inference (BatchNorm folded, channels-last)."""
+        return self._optimized
 
     @property
     def checkpoint_trained(self) -> bool | None:
@@ -330,10 +399,6 @@ class MafsEngine:
             raise ValueError(f"image {thermal.shape[0]}x{thermal.shape[1]} is too small: both sides need >= {m} px")
         return thermal
 
-    def _sync(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-
     def _network_size(self, height: int, width: int) -> tuple[int, int]:
         m = self._size_multiple
         if self._size_policy == "resize":
@@ -345,23 +410,16 @@ class MafsEngine:
         self, batch: list[tuple[np.ndarray, np.ndarray]], want_confidence: bool, want_overlay: bool
     ) -> list[FusionResult]:
         """One forward for same-size, validated pairs (thermal already (H, W))."""
-        self._sync()
-        t0 = time.perf_counter()
+        clock = _StageClock(self._device)
         height, width = batch[0][1].shape
-        net_size = self._network_size(height, width)
-        vi = torch.stack([self._visible_tensor(rgb) for rgb, _ in batch])  # (B,3,H,W)
-        ir = torch.stack([self._thermal_normalization.apply(th, self._device) for _, th in batch]).unsqueeze(1)
-        _, cb, cr = rgb_to_ycbcr(vi)  # (B,1,H,W) each, for colour restoration at full resolution
-        vi_net, ir_net = self._to_network_size(vi, net_size), self._to_network_size(ir, net_size)
-        self._sync()
-        t1 = time.perf_counter()
+        vi_net, ir_net, cb, cr = self._preprocess(batch)
+        clock.mark()
 
         dtype = PRECISIONS[self._precision]
-        autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        autocast = torch.autocast(self._device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             out = self._model(vi_net, ir_net)
-        self._sync()
-        t2 = time.perf_counter()
+        clock.mark()
 
         fused = self._from_network_size(out.fused.float(), (height, width), "bicubic").clamp(0.0, 1.0)
         logits = self._from_network_size(out.semantic.float(), (height, width), "bilinear")
@@ -385,24 +443,47 @@ class MafsEngine:
                     timings={},
                 )
             )
-        t3 = time.perf_counter()
+        clock.mark()
         n = len(batch)
-        timings = {
-            "preprocess_ms": (t1 - t0) * 1e3 / n,
-            "inference_ms": (t2 - t1) * 1e3 / n,
-            "postprocess_ms": (t3 - t2) * 1e3 / n,
-        }
+        stages = ("preprocess_ms", "inference_ms", "postprocess_ms")
+        timings = {name: ms / n for name, ms in zip(stages, clock.intervals_ms())}
         for result in results:
             result.timings = dict(timings)
         return results
+
+    def network_inputs(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's inputs for same-size pairs, exactly as `infer_batch` makes them: visible (B, 3, h, w)
+        and thermal (B, 1, h, w) float32 in [0, 1] on the engine's device at the network size (benchmarks,
+        export checks)."""
+        thermals = [self._validate(rgb, thermal) for rgb, thermal in pairs]
+        if len({thermal.shape for thermal in thermals}) != 1:
+            raise ValueError("network_inputs needs pairs of one size")
+        with torch.inference_mode():
+            vi_net, ir_net, _, _ = self._preprocess([(rgb, th) for (rgb, _), th in zip(pairs, thermals)])
+        return vi_net, ir_net
+
+    def _preprocess(
+        self, batch: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validated same-size pairs -> (visible, thermal) at the network size in the model's memory format,
+        and the visible Cb, Cr (B, 1, H, W) at the input size for colour restoration."""
+        net_size = self._network_size(*batch[0][1].shape)
+        vi = torch.stack([self._visible_tensor(rgb) for rgb, _ in batch])  # (B,3,H,W)
+        ir = torch.stack([self._thermal_normalization.apply(th, self._device) for _, th in batch]).unsqueeze(1)
+        _, cb, cr = rgb_to_ycbcr(vi)
+        vi_net = self._to_network_size(vi, net_size).contiguous(memory_format=self._memory_format)
+        ir_net = self._to_network_size(ir, net_size).contiguous(memory_format=self._memory_format)
+        return vi_net, ir_net, cb, cr
 
     def _visible_tensor(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1] on the device (converted after the transfer,
         so only uint8 bytes cross the bus)."""
         if not (rgb.flags.c_contiguous and rgb.flags.writeable):
             rgb = np.array(rgb, order="C", copy=True)
-        t = torch.from_numpy(rgb).to(self._device, non_blocking=True)
-        return t.permute(2, 0, 1).float().div_(255.0)
+        t = torch.from_numpy(rgb)
+        if self._device.type == "cuda":
+            t = t.pin_memory()  # a copy from pinned memory is asynchronous; from pageable memory it is not
+        return t.to(self._device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
 
     def _to_network_size(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B,C,H,W) in [0,1] -> (B,C,*size): PIL-like bicubic resize (antialiased), or reflect padding."""

@@ -186,14 +186,16 @@ class ThermalNormalization:
                     "(e.g. 'fixed:-20,60' in the image's units), or use 'minmax'/'percentile'"
                 )
             return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+        if np_dtype.kind == "f":
+            x = x.double()  # finite values near ±3e38 would overflow (x - lo) and (hi - lo) in float32
         if self.name == "minmax":
             lo_t, hi_t = x.min(), x.max()
         else:
             lo_t, hi_t = _percentiles(x, self.p_lo, self.p_hi)
         # Tensor ops only (no .item()), so that a GPU never has to synchronise here.
         span = hi_t - lo_t
-        scale = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-        return ((x - lo_t) * scale).clamp(0.0, 1.0)
+        scale = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        return ((x - lo_t) * scale).clamp(0.0, 1.0).float()
 
 
 def _thermal_to_float_tensor(

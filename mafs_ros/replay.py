@@ -335,9 +335,10 @@ def _sample_indices(expected_pairs: int, count: int) -> set[int]:
 
 @dataclass
 class _Frame:
-    """An input frame waiting in the pairer."""
+    """An input frame waiting in the pairer, decoded as the node decodes it (RGB (H, W, 3) uint8, thermal (H, W))."""
 
     msg: Any
+    image: np.ndarray
     receive_ns: int
 
 
@@ -477,13 +478,15 @@ class _ReplayRun:
         elif message.topic == self.labels_topic:
             self.evaluation.add_ground_truth(stamp_ns(msg.header), msg)
         else:
+            is_rgb = message.topic == self.rgb_topic
             try:
-                image_to_numpy(msg)  # the node's cheap input check (encoding, size, buffer) before pairing
+                # The node decodes each frame before pairing and never pairs one it refuses: same here.
+                image = visible_from_image(msg) if is_rgb else thermal_from_image(msg)
             except ImageConversionError as exc:
                 self.evaluation.skip(exc.reason, f"{message.topic} frame {index}: {exc}")
                 return
-            add = self.pairer.add_rgb if message.topic == self.rgb_topic else self.pairer.add_thermal
-            self.process(add(stamp_ns(msg.header), _Frame(msg, message.receive_ns)))
+            add = self.pairer.add_rgb if is_rgb else self.pairer.add_thermal
+            self.process(add(stamp_ns(msg.header), _Frame(msg, image, message.receive_ns)))
 
     def process(self, pairs: Iterable[Pair]) -> None:
         for pair in pairs:
@@ -493,21 +496,16 @@ class _ReplayRun:
     def _process_pair(self, pair: Pair) -> None:
         """Run one pair through the engine as the node's _process does, write its outputs and score it."""
         rgb_msg, thermal_msg = pair.rgb.msg, pair.thermal.msg
+        rgb, thermal = pair.rgb.image, pair.thermal.image
         where = f"pair at {_stamp_text(pair.rgb_stamp_ns)}"
-        try:
-            rgb = visible_from_image(rgb_msg)
-            thermal = thermal_from_image(thermal_msg)
-        except ImageConversionError as exc:
-            self.evaluation.skip(exc.reason, f"{where}: {exc}")
-            return
         if thermal.shape[:2] != rgb.shape[:2]:
             self.evaluation.skip("size_mismatch", f"{where}: thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB "
                                  f"{rgb.shape[1]}x{rgb.shape[0]} differ (register them before recording)")
             return
         try:
             result = self.engine.infer(rgb, thermal, want_confidence=False, want_overlay=True)
-        except ValueError as exc:
-            self.evaluation.skip("inference_error", f"{where}: {exc}")
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory on one large frame
+            self.evaluation.skip("inference_error", f"{where}: {type(exc).__name__}: {exc}")
             return
 
         header, t = rgb_msg.header, pair.rgb.receive_ns

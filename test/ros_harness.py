@@ -1,4 +1,5 @@
-"""Real rclpy + DDS plumbing for node tests: an isolated context, an executor thread, a publisher/recorder node."""
+"""Real rclpy + DDS plumbing for node tests: an isolated context, an executor thread, a publisher/recorder node;
+frame accounting and the soak run shared by test_reliability.py and scripts/soak.py."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ import os
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import cv2
 import numpy as np
 import rclpy
+from mafs_ros.msg import FusedSegmentation
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from mafs_ros.engine import FusionResult
 from mafs_ros.ros.conversions import numpy_to_image
+from mafs_ros.ros.node import PAIR_REJECTIONS, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 # One DDS domain per test process, away from the default 0, so parallel runs and other ROS users do not mix.
@@ -124,3 +129,179 @@ class RosHarness:
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(5.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frame accounting, memory, and the soak run
+
+
+def accounting(counters: dict[str, Any]) -> dict[str, int]:
+    """Both sides of MafsNode's frame identities (see MafsNode.counters), equal once the node is idle:
+    received == counted (every input frame) and pairs_matched == pairs_counted (every pair)."""
+    pairing = counters["pairing"]
+    rejected = counters["rejected"]
+    pairs_counted = counters["published"] + counters["dropped"] + sum(rejected.get(r, 0) for r in PAIR_REJECTIONS)
+    rejected_frames = sum(n for reason, n in rejected.items() if reason not in PAIR_REJECTIONS)
+    unmatched = pairing["unmatched_rgb"] + pairing["unmatched_thermal"]
+    return {
+        "received": counters["received_rgb"] + counters["received_thermal"],
+        "counted": rejected_frames + unmatched + counters["queued"] + 2 * pairs_counted,
+        "pairs_matched": pairing["matched"],
+        "pairs_counted": pairs_counted,
+        "rejected_frames": rejected_frames,
+        "unmatched": unmatched,
+        "queued": counters["queued"],
+    }
+
+
+def balanced(counters: dict[str, Any]) -> bool:
+    books = accounting(counters)
+    return books["received"] == books["counted"] and books["pairs_matched"] == books["pairs_counted"]
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS line in /proc/self/status")
+
+
+class SleepingEngine:
+    """Looks like MafsEngine to the node: infer() takes `delay_s` (a model's time) and returns a fixed result
+    of the input's size, so that a long run measures the node, not a network."""
+
+    device, precision, overlay_alpha, checkpoint_path = "cpu", "fp32", 0.5, None
+    class_names = tuple(f"class{i}" for i in range(9))
+    palette = np.zeros((9, 3), np.uint8)
+
+    class config:  # noqa: N801 - mimics MafsConfig's attribute access
+        name = "sleeping-stand-in"
+
+    def __init__(self, delay_s: float, height: int, width: int) -> None:
+        self._delay_s = delay_s
+        self._result = FusionResult(
+            fused_rgb=np.zeros((height, width, 3), np.uint8), fused_y=np.zeros((height, width), np.uint8),
+            labels=np.zeros((height, width), np.uint8), confidence=None, overlay=np.zeros((height, width, 3), np.uint8),
+            timings={"preprocess_ms": 0.0, "inference_ms": delay_s * 1e3, "postprocess_ms": 0.0},
+        )
+
+    def infer(self, rgb, thermal, *, want_confidence=True, want_overlay=False) -> FusionResult:
+        time.sleep(self._delay_s)
+        return self._result
+
+
+# Median latency may wander by scheduling noise (a 2-core CI machine runs other jobs); more than this is growth.
+LATENCY_SLACK_MS = 25.0
+
+
+@dataclass
+class SoakResult:
+    """What `run_soak` measured. RSS and latency "start" are taken after the warm-up, "end" over the last window;
+    latency is end to end (mafs/result received - RGB stamp), the median of a window."""
+
+    duration_s: float
+    sent: dict[str, int]
+    counters: dict[str, Any]
+    books: dict[str, int]
+    results_received: int
+    rss_start_mib: float
+    rss_end_mib: float
+    latency_start_ms: float
+    latency_end_ms: float
+
+    def problems(self) -> list[str]:
+        """What went wrong (empty: nothing): a frame unaccounted for, RSS growth beyond 10 %, latency growth beyond
+        scheduling noise (LATENCY_SLACK_MS), nothing published, or rejected frames (all inputs are valid)."""
+        found = []
+        books = self.books
+        if books["received"] != books["counted"] or books["pairs_matched"] != books["pairs_counted"]:
+            found.append(f"frames unaccounted for: {books}")
+        if self.rss_end_mib > 1.10 * self.rss_start_mib:
+            found.append(f"RSS grew from {self.rss_start_mib:.1f} to {self.rss_end_mib:.1f} MiB")
+        if not self.latency_end_ms <= self.latency_start_ms + LATENCY_SLACK_MS:  # also true for NaN
+            found.append(f"latency grew from {self.latency_start_ms:.1f} to {self.latency_end_ms:.1f} ms")
+        if self.counters["published"] == 0 or self.counters["rejected"]:
+            found.append(f"nothing published or frames rejected: {self.counters}")
+        return found
+
+    def summary(self) -> str:
+        b, c = self.books, self.counters
+        return "\n".join([
+            f"soak {self.duration_s:.0f} s: sent rgb {self.sent['rgb']} thermal {self.sent['thermal']}; node "
+            f"received rgb {c['received_rgb']} thermal {c['received_thermal']}; results received "
+            f"{self.results_received}",
+            f"RSS start {self.rss_start_mib:.1f} MiB, end {self.rss_end_mib:.1f} MiB "
+            f"({(self.rss_end_mib / self.rss_start_mib - 1) * 100:+.1f} %)",
+            f"latency p50 start {self.latency_start_ms:.1f} ms, end {self.latency_end_ms:.1f} ms",
+            f"frames: received {b['received']} == rejected {b['rejected_frames']} + unmatched {b['unmatched']} + "
+            f"queued {b['queued']} + 2 x pairs {b['pairs_counted']} = {b['counted']}",
+            f"pairs: matched {b['pairs_matched']} == published {c['published']} + dropped {c['dropped']} + rejected "
+            f"{b['pairs_counted'] - c['published'] - c['dropped']} = {b['pairs_counted']}",
+        ])
+
+
+def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] = (96, 128), warmup_s: float = 10.0,
+             window_s: float = 10.0, seed: int = 0) -> SoakResult:
+    """A node with a SleepingEngine fed 30 Hz RGB and 9 Hz thermal (best effort, like cameras) for `duration_s`.
+
+    Publish times jitter by +-3 ms around the frame period and each stamp lies 0-5 ms before its publish
+    (capture to publish), on the wall clock, so the node's end-to-end latency is real. After the run the node
+    is given time to go idle, then its counters are read.
+    """
+    if duration_s < warmup_s + window_s:
+        raise ValueError(f"duration_s must be at least warmup_s + window_s = {warmup_s + window_s}")
+    ros = RosHarness()
+    try:
+        latencies: list[tuple[float, float]] = []  # (monotonic receive time, end-to-end ms): small, bounded by time
+
+        def on_result(msg: Any) -> None:
+            stamp = msg.rgb_stamp.sec * 1_000_000_000 + msg.rgb_stamp.nanosec
+            latencies.append((time.monotonic(), (time.time_ns() - stamp) / 1e6))
+
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        ros.node.create_subscription(FusedSegmentation, RESULT_TOPIC, on_result, reliable)
+        height, width = size
+        node = MafsNode(engine=SleepingEngine(infer_s, height, width), context=ros.context)
+        ros.add_node(node)
+        ros.wait_for_subscribers([RGB_TOPIC, THERMAL_TOPIC])
+
+        rng = np.random.default_rng(seed)
+        images = {RGB_TOPIC: image_msg(rng.integers(0, 256, (height, width, 3), np.uint8), "rgb8", 0, "rgb"),
+                  THERMAL_TOPIC: image_msg(rng.integers(0, 256, (height, width), np.uint8), "mono8", 0, "thermal")}
+        periods = {RGB_TOPIC: 1 / 30, THERMAL_TOPIC: 1 / 9}
+        due = {RGB_TOPIC: 0.0, THERMAL_TOPIC: 0.0}
+        sent = {RGB_TOPIC: 0, THERMAL_TOPIC: 0}
+        start = time.monotonic()
+        rss_start = None
+        while (now := time.monotonic() - start) < duration_s:
+            topic = min(due, key=due.get)
+            if due[topic] > now:
+                time.sleep(due[topic] - now)
+                continue
+            if rss_start is None and now >= warmup_s:
+                rss_start = rss_mib()
+            msg = images[topic]
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(
+                time.time_ns() - int(rng.uniform(0, 5e6)), 1_000_000_000)
+            ros.publisher(Image, topic).publish(msg)  # serialised here: the message may be reused
+            sent[topic] += 1
+            due[topic] += periods[topic] + rng.uniform(-0.003, 0.003)
+        rss_end = rss_mib()
+        ros.wait_for(lambda: balanced(node.counters()), timeout_s=10.0)
+        time.sleep(0.5)  # results still on their way to the recorder
+        counters = node.counters()
+
+        def median_latency(t0: float, t1: float) -> float:
+            values = [ms for t, ms in latencies if start + t0 <= t < start + t1]
+            return float(np.median(values)) if values else float("nan")
+
+        return SoakResult(
+            duration_s=duration_s, sent={"rgb": sent[RGB_TOPIC], "thermal": sent[THERMAL_TOPIC]},
+            counters=counters, books=accounting(counters), results_received=len(latencies),
+            rss_start_mib=rss_start, rss_end_mib=rss_end,
+            latency_start_ms=median_latency(warmup_s, warmup_s + window_s),
+            latency_end_ms=median_latency(duration_s - window_s, duration_s),
+        )
+    finally:
+        ros.close()

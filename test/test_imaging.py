@@ -190,3 +190,12 @@ def test_class_sets():
     assert generic.num_classes == 7 and len(set(generic.palette)) == 7
     with pytest.raises(KeyError):
         get_class_set("cityscapes")
+
+
+def test_minmax_and_percentile_of_extreme_finite_floats_stay_finite():
+    # (x - lo) and (hi - lo) overflow float32 near ±3e38: the range is computed in float64.
+    x = np.array([[-3e38, 0.0], [1.0, 3e38]], dtype=np.float32)
+    for spec in ("minmax", "percentile:0,100"):
+        y = ThermalNormalization.from_spec(spec).apply(x)
+        assert y.dtype == torch.float32 and torch.isfinite(y).all()
+        assert y[0, 0] == 0.0 and y[1, 1] == 1.0 and abs(y[0, 1].item() - 0.5) < 1e-6

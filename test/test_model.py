@@ -48,7 +48,7 @@ def test_whole_model_matches_official_outputs(official_weights: dict[str, torch.
     net = build_model(cfg).eval()
     net.load_state_dict({from_official_key(k): v for k, v in official_weights.items()}, strict=True)
     with torch.no_grad():
-        out = net(*fixture["inputs"])
+        out = net(*fixture["inputs"], with_aux=True)
     ours = [out.semantic, *out.aux, out.fused]
     for name, actual, expected in zip(fixture["output_names"], ours, fixture["outputs"]):
         assert max_abs_error(actual, expected) <= PARITY_ATOL, name
@@ -95,9 +95,11 @@ def test_lite_shapes_at_dataset_sizes_batch2(size: tuple[int, int]) -> None:
     net = build_model(cfg).eval()
     vi, ir = torch.rand(2, 3, *size), torch.rand(2, 1, *size)
     with torch.no_grad():
-        out = net(vi, ir)
+        out = net(vi, ir, with_aux=True)
+        without_aux = net(vi, ir)
     assert out.semantic.shape == (2, 9, *size)
     assert [tuple(a.shape) for a in out.aux] == [(2, c, *size) for c in (2, 9, 2, 9, 2, 9)]
+    assert without_aux.aux == () and torch.equal(without_aux.semantic, out.semantic)
     assert out.fused.shape == (2, 1, *size)
     assert 0.0 <= out.fused.min() and out.fused.max() <= 1.0
 

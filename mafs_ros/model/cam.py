@@ -13,6 +13,8 @@ class _ConvBNLeaky(nn.Module):
     Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
     """
 
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)

@@ -18,7 +18,8 @@ def count_macs(net: nn.Module, height: int = 480, width: int = 640) -> int:
     element-wise ops, norms and resizes are not counted), halved because it counts FLOPs = 2 * MACs.
     """
     net = net.eval()
-    vi, ir = torch.zeros(1, 3, height, width), torch.zeros(1, 1, height, width)
+    device = next(net.parameters()).device
+    vi, ir = torch.zeros(1, 3, height, width, device=device), torch.zeros(1, 1, height, width, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(vi, ir)
     return counter.get_total_flops() // 2

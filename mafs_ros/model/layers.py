@@ -33,6 +33,7 @@ class ConvBNReLU6(nn.Module):
         )
         self.norm_name = norm_name
         self.add_module(norm_name, nn.BatchNorm2d(out_channels))
+        self.conv_bn_pairs = (("conv", norm_name),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(getattr(self, self.norm_name)(self.conv(x)))

@@ -49,7 +49,7 @@ class MafsOutput(NamedTuple):
     semantic: (B, num_classes, H, W) segmentation logits.
     aux:      the six deep-supervision maps, in the official order out1..out6:
               (B,2,H,W) binary/boundary logits at 1/16, (B,C,H,W) semantic at 1/16, then the same pair at
-              1/8 and at 1/4 (each upsampled to H, W).
+              1/8 and at 1/4 (each upsampled to H, W); empty when not computed (inference).
     fused:    (B, 1, H, W) fused luminance Y in [0, 1].
     """
 
@@ -159,7 +159,7 @@ class SegmentationDecoder(nn.Module):
             self.official_unused = OfficialUnusedDecoderParams(cfg)
 
     def forward(
-        self, rec_f1: torch.Tensor, cam: list[torch.Tensor], size: tuple[int, int]
+        self, rec_f1: torch.Tensor, cam: list[torch.Tensor], size: tuple[int, int], with_aux: bool = True
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         f3, f4, f5, f6 = cam
         ms = self.pixel_decoder([f3, f4, f5, f6])
@@ -169,7 +169,7 @@ class SegmentationDecoder(nn.Module):
         product_8, sum_8 = self.arm_8(f4, product_16, sum_16)
         product_4, sum_4 = self.arm_4(f3, product_8, sum_8)
         aux_inputs = (product_16, sum_16, product_8, sum_8, product_4, sum_4)
-        aux = tuple(_resize_to_size(head(x), size) for head, x in zip(self.aux_heads, aux_inputs))
+        aux = tuple(_resize_to_size(head(x), size) for head, x in zip(self.aux_heads, aux_inputs)) if with_aux else ()
 
         x = self.transformer_decoder(f5, [self.aspp(ms[2]), self.aspp(ms[3])])
         x = self.preliminary_decoder(x)
@@ -188,7 +188,9 @@ class MafsNet(nn.Module):
     """MAFS (official `NetworkStage2`): infrared-visible fusion and semantic segmentation in one network.
 
     forward(vi (B,3,H,W) RGB in [0,1], ir (B,1,H,W) in [0,1]) -> MafsOutput. Only the first infrared
-    channel is used, like the official model. No ImageNet normalisation (spec §1.1).
+    channel is used, like the official model. No ImageNet normalisation (spec §1.1). The deep-supervision
+    maps (`aux`, six full-resolution upsamplings) only feed training losses: they are computed in train mode
+    or with `with_aux=True`, and skipped otherwise.
     """
 
     def __init__(self, cfg: MafsConfig) -> None:
@@ -198,13 +200,14 @@ class MafsNet(nn.Module):
         self.fusion_decoder = FusionDecoder(cfg.fusion_width, cfg.inn_blocks)
         self.seg_decoder = SegmentationDecoder(cfg)
 
-    def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> MafsOutput:
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None) -> MafsOutput:
         ir = ir[:, :1]
         if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
             raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
         features = self.encoder(vi, ir)
         fused = self.fusion_decoder(features.rec_f)
-        semantic, aux = self.seg_decoder(features.rec_f1, features.cam, tuple(vi.shape[-2:]))
+        with_aux = self.training if with_aux is None else with_aux
+        semantic, aux = self.seg_decoder(features.rec_f1, features.cam, tuple(vi.shape[-2:]), with_aux)
         return MafsOutput(semantic, aux, fused)
 
 

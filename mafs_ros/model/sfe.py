@@ -12,6 +12,8 @@ class FReLU(nn.Module):
     Shapes: (B, channels, H, W) -> (B, channels, H, W).
     """
 
+    conv_bn_pairs = (("conv_frelu", "bn_frelu"),)
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv_frelu = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=True)

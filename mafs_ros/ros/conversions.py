@@ -108,18 +108,23 @@ def thermal_from_image(msg: Any) -> np.ndarray:
 
     Raw values are kept (no rescaling). Non-finite 32FC1 pixels are replaced by the finite minimum, because one
     dead pixel must not cost a whole frame; a frame with no finite pixel at all raises ImageConversionError
-    with reason "non_finite".
+    with reason "non_finite". `thermal_with_repairs` also says how many pixels were replaced.
     """
+    return thermal_with_repairs(msg)[0]
+
+
+def thermal_with_repairs(msg: Any) -> tuple[np.ndarray, int]:
+    """`thermal_from_image` and the number of non-finite pixels it replaced (0 for integer encodings)."""
     _require_encoding(msg, THERMAL_ENCODINGS)
     pixels = image_to_numpy(msg)
     if pixels.dtype.kind != "f":
-        return pixels
+        return pixels, 0
     finite = np.isfinite(pixels)
     if finite.all():
-        return pixels
+        return pixels, 0
     if not finite.any():
         raise _error("non_finite", msg, "no pixel of the 32FC1 image is finite")
-    return np.where(finite, pixels, pixels[finite].min())
+    return np.where(finite, pixels, pixels[finite].min()), int(finite.size - np.count_nonzero(finite))
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, *, header: Any = None, msg: Any = None) -> Any:

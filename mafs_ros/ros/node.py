@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 import threading
 import time
@@ -40,7 +41,7 @@ from mafs_ros.class_sets import IGNORE_LABEL
 from mafs_ros.ros.conversions import (
     ImageConversionError,
     numpy_to_image,
-    thermal_from_image,
+    thermal_with_repairs,
     visible_from_image,
 )
 from mafs_ros.ros.pairing import ApproximateTimePairer, Pair
@@ -74,12 +75,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                          "A mismatch is a start-up error."),
     "device": ("auto", "auto | cpu | cuda | cuda:N. auto: first GPU, else CPU with a warning. "
                        "cuda without a GPU is a start-up error."),
-    "precision": ("fp32", "fp32 | fp16 | bf16 (autocast; fp16/bf16 need CUDA)."),
+    "precision": ("fp32", "fp32 | fp16 | bf16 (autocast; fp16 needs CUDA, bf16 runs on CUDA or CPU)."),
     "size_policy": ("resize", "resize (network runs at a multiple of 32 near the input size, official protocol) "
                               "| pad (reflect-pad to a multiple of 32, crop back)."),
     "warmup": (1, "Forward passes on blank 480x640 inputs at start-up so the first frame is not slow."),
     "thermal_normalization": ("", "Thermal scaling to [0, 1]: empty = the checkpoint's; 'fixed' (8-bit /255, "
-                                  "16-bit /65535, 32FC1 as is), 'fixed:LO,HI' (e.g. degrees C), 'minmax' (per "
+                                  "16-bit /65535; 32FC1 needs a range), 'fixed:LO,HI' (e.g. degrees C), 'minmax' (per "
                                   "frame), 'percentile:LO,HI' (per-frame AGC)."),
     "overlay_alpha": (0.5, "Weight of the label colours in segmentation/overlay, 0..1 (changeable at run time)."),
     "publish_confidence": (False, "Compute and publish segmentation/confidence (32FC1 max softmax) and fill "
@@ -102,6 +103,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages, seconds."),
 }
 RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "sync.thermal_offset_s")
+# Rejection reasons counted per pair (both frames were accepted and paired); every other reason counts one frame.
+PAIR_REJECTIONS = ("size_mismatch", "inference_error")
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +203,10 @@ class MafsNode(Node):
         self._mailbox = _Mailbox()
         self._input_rates = {RGB_TOPIC: _RateCounter(), THERMAL_TOPIC: _RateCounter()}
         self._output_rate = _RateCounter()
-        self._rejected: Counter[str] = Counter()  # reason -> frames refused before or after pairing
+        self._rejected: Counter[str] = Counter()  # reason -> frames (or pairs: PAIR_REJECTIONS) refused
+        self._repaired_non_finite = 0  # 32FC1 thermal frames fused after replacing NaN/inf pixels
         self._errors_since_report = 0
-        self._last_error = ""
+        self._last_inference_error = ""
         self._stats_lock = threading.Lock()
         self._inference_ms: deque[float] = deque(maxlen=300)
         self._latency_ms: deque[float] = deque(maxlen=300)
@@ -376,10 +380,13 @@ class MafsNode(Node):
         self._input_rates[topic].tick()
         start = time.perf_counter()
         try:
-            image = visible_from_image(msg) if topic == RGB_TOPIC else thermal_from_image(msg)
+            image, repaired = (visible_from_image(msg), 0) if topic == RGB_TOPIC else thermal_with_repairs(msg)
         except ImageConversionError as exc:
             self._reject(exc.reason, f"{self.resolve_topic_name(topic)}: {exc}")
             return None
+        if repaired:
+            with self._stats_lock:
+                self._repaired_non_finite += 1
         return _Frame(msg, image, (time.perf_counter() - start) * 1e3)
 
     def _on_rgb(self, msg: Image) -> None:
@@ -405,7 +412,6 @@ class MafsNode(Node):
     def _reject(self, reason: str, message: str) -> None:
         with self._stats_lock:
             self._rejected[reason] += 1
-            self._last_error = message
         self._log_throttled(reason, message)
 
     def _log_throttled(self, key: str, message: str, period_s: float = 5.0) -> None:
@@ -428,9 +434,12 @@ class MafsNode(Node):
             except Exception as exc:  # noqa: BLE001 - a failed frame must never stop the node
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     return
+                message = f"inference failed ({type(exc).__name__}): {exc}"
                 with self._stats_lock:
                     self._errors_since_report += 1
-                self._reject("inference_error", f"inference failed ({type(exc).__name__}): {exc}")
+                    # Its own slot: the ERROR status must name this failure, not a bad input frame since.
+                    self._last_inference_error = message
+                self._reject("inference_error", message)
 
     def _process(self, pair: Pair) -> None:
         start = time.perf_counter()
@@ -499,17 +508,33 @@ class MafsNode(Node):
     # ------------------------------------------------------------------------------------------------
     # Diagnostics and parameters
 
+    def overhead_ms(self) -> list[float]:
+        """The node's own milliseconds for each recent published pair (decoding both inputs, building and
+        publishing the outputs; the model excluded), oldest first."""
+        with self._stats_lock:
+            return list(self._overhead_ms)
+
     def counters(self) -> dict[str, Any]:
-        """Frame accounting (also the body of /diagnostics): received, paired, published, dropped, rejected."""
+        """Frame accounting (also the body of /diagnostics): received, paired, published, dropped, rejected.
+
+        Once the node is idle (no pair waiting in the mailbox or being fused) every frame is accounted for:
+            received_rgb + received_thermal == frames rejected (reasons outside PAIR_REJECTIONS)
+                + 2 * pairing.matched + pairing.unmatched_rgb + pairing.unmatched_thermal + queued
+            pairing.matched == published + dropped + pairs rejected (reasons in PAIR_REJECTIONS)
+        repaired_non_finite counts thermal frames that were fused after their NaN/inf pixels were replaced.
+        """
         stats = self._pairer.stats.as_dict()
         with self._stats_lock:
             rejected = dict(self._rejected)
+            repaired = self._repaired_non_finite
         return {
             "received_rgb": self._input_rates[RGB_TOPIC].total,
             "received_thermal": self._input_rates[THERMAL_TOPIC].total,
             "published": self._output_rate.total,
             "dropped": self._mailbox.drops,
             "rejected": rejected,
+            "repaired_non_finite": repaired,
+            "queued": self._pairer.queued,
             "pairing": stats,
         }
 
@@ -523,7 +548,7 @@ class MafsNode(Node):
             latency = list(self._latency_ms)
             overhead = list(self._overhead_ms)
             errors, self._errors_since_report = self._errors_since_report, 0
-            last_error = self._last_error
+            last_error = self._last_inference_error
         rates = {topic: counter.take() / elapsed for topic, counter in self._input_rates.items()}
         output_rate = self._output_rate.take() / elapsed
         pairing = counters["pairing"]
@@ -555,8 +580,10 @@ class MafsNode(Node):
             "pairs_matched": pairing.get("matched", 0),
             "unmatched_rgb": pairing.get("unmatched_rgb", 0),
             "unmatched_thermal": pairing.get("unmatched_thermal", 0),
+            "queued": counters["queued"],
             "published": counters["published"],
             "dropped": counters["dropped"],
+            "repaired_non_finite": counters["repaired_non_finite"],
             "rejected_total": sum(counters["rejected"].values()),
             **{f"rejected.{reason}": n for reason, n in sorted(counters["rejected"].items())},
             "device": str(self._engine.device),
@@ -596,12 +623,15 @@ class MafsNode(Node):
     # ------------------------------------------------------------------------------------------------
     # Shutdown
 
-    def stop(self, timeout_s: float = 3.0) -> None:
-        """Stop the inference worker (waits at most `timeout_s` for a running forward pass)."""
-        self._stop.set()
-        self._mailbox.close()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout_s)
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Stop the inference worker: waits at most `timeout_s` for a running forward pass, on the first call only
+        (destroy_node calls it again). Returns whether the worker has ended."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._mailbox.close()
+            if self._worker is not threading.current_thread():
+                self._worker.join(timeout_s)
+        return not self._worker.is_alive()
 
     def destroy_node(self) -> None:
         self.stop()
@@ -645,10 +675,19 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        worker_ended = node.stop() if node is not None else True
         if node is not None:
-            node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
+        if not worker_ended:
+            # A forward pass cannot be interrupted, and finalising the interpreter under it aborts the process in
+            # torch's thread pool ("terminate called without an active exception"). Everything ROS is shut down
+            # by now: leave without finalising.
+            logging.getLogger(NODE_NAME).warning("inference still running at shutdown; exiting without waiting")
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

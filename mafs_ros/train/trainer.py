@@ -106,6 +106,18 @@ def _pairs(sources: list, what: str) -> list:
     return pairs
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader worker_init_fn: leave SIGINT and SIGTERM to the main process.
+
+    Ctrl-C and `kill -- -PGID` or `pkill -f` signal every process of the group. A worker they kill makes the
+    main process fail ("DataLoader worker ... exited unexpectedly") before it can save its state; ignoring them
+    here lets the main process stop cleanly, and it ends its workers itself. Items are seeded per item
+    (FusionSegDataset.item_rng), so there is no per-worker seeding to keep.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _set_bn_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -264,7 +276,7 @@ class Trainer:
         )
         loader = DataLoader(
             dataset, batch_size=per_process_batch, sampler=sampler, num_workers=self.cfg.data.workers,
-            drop_last=True, pin_memory=self.device.type == "cuda",
+            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=ignore_interrupts,
         )
         if len(loader) == 0:
             raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {self.cfg.batch_size}")

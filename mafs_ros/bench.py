@@ -1,0 +1,337 @@
+"""`mafs bench`: how fast the engine and the node are, measured, never assumed.
+
+Records (one per measured combination, all in `bench.json` and a Markdown table `bench.md`):
+
+    engine            MafsEngine.infer_batch on real sample pairs: wall time per call (preprocess + network +
+                      postprocess), and the engine's own per-stage split
+    eager_reference   the same network and weights as the official code runs it: plain fp32 eager forward,
+                      NCHW, BatchNorm unfolded, every head computed (deep-supervision maps included), under
+                      torch.no_grad; network-size tensors in, so it times the network alone
+    node_overhead     the ROS node's own cost per pair (decode, pairing, message building, publishing) with a
+                      stand-in engine that answers instantly
+    node_end_to_end   publish a pair -> receive `mafs/result` over DDS, with the real engine
+
+`speedup_vs_eager` = eager median / engine median, both measured in the same run on the same pairs: the
+engine's time includes its pre- and postprocessing, the eager one does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import DEFAULT_CHECKPOINT
+from .engine import MafsEngine, resolve_device
+from .model import build_model, get_config
+from .model.complexity import count_macs
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
+SIZES = ((480, 640), (600, 800))
+CONFIGS = ("mafs", "mafs-lite")
+BATCHES = (1, 8)
+WHATS = ("engine", "eager_reference", "node_overhead", "node_end_to_end")
+# Reduced precision must keep the fused image and the labels of fp32 (the issue's acceptance bounds).
+MIN_PSNR_DB = 40.0
+MIN_LABEL_AGREEMENT = 0.995
+
+
+@dataclass
+class BenchRecord:
+    """One measured combination. Times are per call (one batch of `batch` pairs), in milliseconds."""
+
+    config: str
+    device: str
+    precision: str
+    batch: int
+    height: int
+    width: int
+    what: str
+    median_ms: float
+    p95_ms: float
+    pairs_per_s: float
+    runs: int
+    speedup_vs_eager: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)  # engine: median per stage, per call
+    peak_gpu_mib: float | None = None
+    achieved_tflops: float | None = None  # 2 * MACs * batch / median time (CUDA only)
+    compute_floor_ms: float | None = None  # 2 * MACs * batch / measured peak matmul throughput (CUDA only)
+    device_name: str = ""
+    threads: int = 0
+    torch_version: str = torch.__version__
+
+
+def timed_runs(
+    fn: Callable[[], Any], device: torch.device, runs: int, warmup: int, max_seconds: float
+) -> list[float]:
+    """Call `fn` `warmup` times, then up to `runs` times (stopping early after `max_seconds`, at least 3 runs);
+    returns milliseconds per call. On CUDA each call is timed with CUDA events, so queued work is counted."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    deadline = time.monotonic() + max_seconds
+    while len(times) < runs and (len(times) < 3 or time.monotonic() < deadline):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summarize(times: Sequence[float]) -> tuple[float, float]:
+    """(median, p95) in the units of `times`."""
+    return float(statistics.median(times)), float(np.percentile(times, 95))
+
+
+def sample_pairs(
+    size: tuple[int, int], count: int, sample_dir: Path = SAMPLE_DIR
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` real (RGB uint8 (H, W, 3), thermal uint8 (H, W)) pairs from the bundled sample, resized to `size`
+    and cycled when `count` exceeds the sample."""
+    names = sorted(p.name for p in (sample_dir / "vi").glob("*.png"))
+    if not names:
+        raise FileNotFoundError(f"no sample pairs in {sample_dir}/vi")
+    pairs = []
+    for index in range(count):
+        name = names[index % len(names)]
+        rgb = cv2.cvtColor(cv2.imread(str(sample_dir / "vi" / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        thermal = cv2.imread(str(sample_dir / "ir" / name), cv2.IMREAD_GRAYSCALE)
+        size_wh = (size[1], size[0])
+        pairs.append((cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA), cv2.resize(thermal, size_wh)))
+    return pairs
+
+
+def reference_network(config: str, num_classes: int = 9) -> torch.nn.Module:
+    """The eval-mode network a benchmark runs: `mafs-lite` with the shipped weights, `mafs` (no checkpoint
+    ships; speed does not depend on the weights' values) seeded random weights."""
+    if config == "mafs-lite":
+        from .checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        return build_model_from_checkpoint(load_checkpoint(DEFAULT_CHECKPOINT)).eval()
+    torch.manual_seed(0)
+    return build_model(get_config(config, num_classes=num_classes)).eval()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Dense matmul throughput this GPU reaches in `dtype` (8192^3, best of 10): the floor's denominator."""
+    a = torch.randn(8192, 8192, device=device, dtype=dtype)
+    b = torch.randn(8192, 8192, device=device, dtype=dtype)
+    best = min(timed_runs(lambda: a @ b, device, runs=10, warmup=3, max_seconds=30.0))
+    return 2 * 8192**3 / (best / 1e3) / 1e12
+
+
+def bench_engine(
+    engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]], runs: int, max_seconds: float
+) -> tuple[list[float], dict[str, float]]:
+    """Times per `infer_batch` call over `pairs` (one batch) and the median of each engine stage per call."""
+    stages: dict[str, list[float]] = {"preprocess_ms": [], "inference_ms": [], "postprocess_ms": []}
+
+    def call() -> None:
+        results = engine.infer_batch(pairs, want_confidence=False)
+        for name in stages:
+            stages[name].append(results[0].timings[name] * len(pairs))
+
+    times = timed_runs(call, engine.device, runs, warmup=2, max_seconds=max_seconds)
+    return times, {name: float(statistics.median(values[-len(times):])) for name, values in stages.items()}
+
+
+def bench_eager(
+    network: torch.nn.Module, engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]], runs: int,
+    max_seconds: float,
+) -> list[float]:
+    """Times of the plain eager fp32 forward (see the module docstring) on the engine's network-size inputs."""
+    vi, ir = engine.network_inputs(pairs)
+    vi, ir = vi.contiguous(), ir.contiguous()
+
+    def call() -> None:
+        with torch.no_grad():
+            network(vi, ir, with_aux=True)
+
+    return timed_runs(call, engine.device, runs, warmup=1, max_seconds=max_seconds)
+
+
+def check_precision(
+    reference: MafsEngine, candidate: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float | bool]:
+    """Accuracy of `candidate` (e.g. fp16) against `reference` (fp32) on `pairs`: the lowest fused-RGB PSNR
+    (dB; inf when identical) and the label agreement over all pixels; `ok` when both meet the bounds."""
+    psnrs, agree, total = [], 0, 0
+    for rgb, thermal in pairs:
+        a = reference.infer(rgb, thermal, want_confidence=False)
+        b = candidate.infer(rgb, thermal, want_confidence=False)
+        mse = float(np.mean((a.fused_rgb.astype(np.float64) - b.fused_rgb.astype(np.float64)) ** 2))
+        psnrs.append(float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse))
+        agree += int(np.count_nonzero(a.labels == b.labels))
+        total += a.labels.size
+    min_psnr, agreement = min(psnrs), agree / total
+    return {
+        "min_psnr_db": min_psnr,
+        "label_agreement": agreement,
+        "ok": bool(min_psnr >= MIN_PSNR_DB and agreement >= MIN_LABEL_AGREEMENT),
+    }
+
+
+@dataclass
+class BenchPlan:
+    """What to measure. `quick`: CPU, both configs, 480x640, batch 1 only."""
+
+    configs: tuple[str, ...] = CONFIGS
+    sizes: tuple[tuple[int, int], ...] = SIZES
+    batches: tuple[int, ...] = BATCHES
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    runs: int = 50
+    max_seconds: float = 120.0  # per record; slow combinations (mafs on a CPU) stop early and say how many runs
+    node: bool = True
+    eager: bool = True
+
+    @classmethod
+    def quick(cls) -> BenchPlan:
+        return cls(sizes=((480, 640),), batches=(1,), devices=("cpu",), max_seconds=25.0)
+
+
+def precisions_for(device: torch.device) -> tuple[str, ...]:
+    if device.type == "cuda":
+        return ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+    return ("fp32",)
+
+
+def available_devices(requested: Sequence[str]) -> list[torch.device]:
+    devices = []
+    for name in requested:
+        if name == "cuda" and not torch.cuda.is_available():
+            logger.info("no CUDA device: CUDA records skipped")
+            continue
+        devices.append(resolve_device(name))
+    return devices
+
+
+def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = None) -> list[BenchRecord]:
+    """Measure every combination of `plan`; `progress` sees each record as it is made."""
+    records: list[BenchRecord] = []
+
+    def add(record: BenchRecord) -> None:
+        records.append(record)
+        if progress is not None:
+            progress(record)
+
+    for device in available_devices(plan.devices):
+        for config in plan.configs:
+            network = reference_network(config)
+            for precision in precisions_for(device):
+                engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True)
+                eager = copy.deepcopy(network).to(device) if plan.eager and precision == "fp32" else None
+                for height, width in plan.sizes:
+                    macs = count_macs(engine.model, height, width) if device.type == "cuda" else None
+                    peak = measured_peak_tflops(device, torch.float16 if precision != "fp32" else torch.float32) \
+                        if macs is not None else None
+                    for batch in plan.batches:
+                        pairs = sample_pairs((height, width), batch)
+                        common = dict(config=config, device=device.type, precision=precision, batch=batch,
+                                      height=height, width=width, device_name=device_name(device),
+                                      threads=torch.get_num_threads())
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats(device)
+                        times, stages = bench_engine(engine, pairs, plan.runs, plan.max_seconds)
+                        median, p95 = summarize(times)
+                        record = BenchRecord(what="engine", median_ms=median, p95_ms=p95,
+                                             pairs_per_s=batch / median * 1e3, runs=len(times), stages_ms=stages,
+                                             **common)
+                        if device.type == "cuda":
+                            record.peak_gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20
+                            record.achieved_tflops = 2 * macs * batch / (median / 1e3) / 1e12
+                            record.compute_floor_ms = 2 * macs * batch / (peak * 1e12) * 1e3
+                        if eager is not None:
+                            eager_times = bench_eager(eager, engine, pairs, plan.runs, plan.max_seconds)
+                            eager_median, eager_p95 = summarize(eager_times)
+                            record.speedup_vs_eager = eager_median / median
+                            add(BenchRecord(what="eager_reference", **{**common, "precision": "fp32"},
+                                            median_ms=eager_median, p95_ms=eager_p95,
+                                            pairs_per_s=batch / eager_median * 1e3, runs=len(eager_times)))
+                        add(record)
+                        if plan.node and batch == 1:
+                            from .ros.bench_node import bench_node_end_to_end
+
+                            e2e = bench_node_end_to_end(engine, pairs[0], plan.runs, plan.max_seconds)
+                            e2e_median, e2e_p95 = summarize(e2e)
+                            add(BenchRecord(what="node_end_to_end", median_ms=e2e_median, p95_ms=e2e_p95,
+                                            pairs_per_s=1e3 / e2e_median, runs=len(e2e), **common))
+                del engine, eager
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    if plan.node:
+        from .ros.bench_node import bench_node_overhead
+
+        for height, width in plan.sizes:
+            overhead = bench_node_overhead(height, width, max(plan.runs, 100))
+            median, p95 = summarize(overhead)
+            add(BenchRecord(config="instant-stand-in", device="cpu", precision="-", batch=1, height=height,
+                            width=width, what="node_overhead", median_ms=median, p95_ms=p95,
+                            pairs_per_s=1e3 / median, runs=len(overhead), device_name=device_name(torch.device("cpu")),
+                            threads=torch.get_num_threads()))
+    return records
+
+
+def precision_report(devices: Sequence[str], configs: Sequence[str], size: tuple[int, int] = (480, 640)) -> list[dict]:
+    """`check_precision` of every reduced precision available (bf16 on CPU, fp16/bf16 on CUDA) against fp32,
+    on all sample pairs at `size`."""
+    pairs = sample_pairs(size, len(list((SAMPLE_DIR / "vi").glob("*.png"))))
+    rows = []
+    for device in available_devices(devices):
+        reduced = [p for p in precisions_for(device) if p != "fp32"] if device.type == "cuda" else ["bf16"]
+        for config in configs:
+            network = reference_network(config)
+            reference = MafsEngine(model=network, device=str(device), optimize=True)
+            for precision in reduced:
+                candidate = MafsEngine(model=network, device=str(device), precision=precision, optimize=True)
+                rows.append({"config": config, "device": device.type, "precision": precision,
+                             **check_precision(reference, candidate, pairs)})
+    return rows
+
+
+def markdown_table(records: Sequence[BenchRecord]) -> str:
+    header = ("| what | config | device | precision | batch | size | median ms | p95 ms | pairs/s | vs eager "
+              "| runs |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [
+        f"| {r.what} | {r.config} | {r.device} | {r.precision} | {r.batch} | {r.height}x{r.width} "
+        f"| {r.median_ms:.2f} | {r.p95_ms:.2f} | {r.pairs_per_s:.2f} "
+        f"| {f'{r.speedup_vs_eager:.2f}x' if r.speedup_vs_eager else ''} | {r.runs} |"
+        for r in records
+    ]
+    return "\n".join([header, *rows])
+
+
+def write_outputs(records: Sequence[BenchRecord], out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    """`bench.json` (a list of records) and `bench.md` (environment line, table, extra sections)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
+    lines = [f"# mafs bench\n\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+             f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}\n",
+             markdown_table(records)]
+    for title, content in (extra or {}).items():
+        lines.append(f"\n## {title}\n\n```\n{json.dumps(content, indent=2)}\n```")
+    (out_dir / "bench.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,61 @@
+"""Inference-only rewrites of a trained MafsNet: BatchNorm folded into the preceding convolution, and the
+channels-last memory format. Both keep the outputs (to float rounding) and are applied by the engine to the
+model it owns; a model being trained must never go through them (the folded BatchNorms are gone).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode `bn` that directly follows `conv` into conv's weight and bias (in place).
+
+    conv(x) -> bn(.) equals conv'(x) with w' = w * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(
+        bn.running_var + bn.eps
+    )
+    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+
+
+def fuse_conv_bn(model: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d into it and replace it by nn.Identity.
+
+    Two places define "directly follows": adjacent children of an nn.Sequential, and the (conv, bn) attribute
+    pairs a module lists in `conv_bn_pairs` (modules whose forward is `bn(conv(x))` with nothing reading the
+    conv output in between). Returns the number of folded BatchNorms. The model must be in eval mode.
+    """
+    if model.training:
+        raise ValueError("fuse_conv_bn needs a model in eval mode (running statistics are folded)")
+    folded = 0
+    for module in list(model.modules()):
+        pairs: list[tuple[nn.Module, str, str]] = []
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            pairs += [(module, a, b) for a, b in zip(names, names[1:])]
+        pairs += [(module, a, b) for a, b in getattr(module, "conv_bn_pairs", ())]
+        for parent, conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.num_features == conv.out_channels:
+                fold_batchnorm(conv, bn)
+                setattr(parent, bn_name, nn.Identity())
+                folded += 1
+    return folded
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """eval mode, BatchNorm folded, on `device`, channels-last (the layout oneDNN and cuDNN convolutions run
+    natively, so no layout conversion happens around each convolution). Modifies and returns `model`."""
+    model.eval()
+    fuse_conv_bn(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.to(device=device, memory_format=torch.channels_last)

@@ -1,0 +1,142 @@
+"""Runs an ONNX file written by `mafs export --onnx` with onnxruntime, in place of MafsNet in MafsEngine.
+
+MafsEngine uses it when its checkpoint is a path ending in .onnx; everything the engine needs besides the
+graph (config, class names, palette, input conventions, trained flag) comes from the file's metadata (see
+export.py). onnxruntime is an optional dependency: pip install 'mafs_ros[onnx]'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The checkpoint's own validation: the export stores the same metadata fields as a checkpoint.
+from .checkpoint import CheckpointError, parse_metadata
+from .export import INPUT_NAMES, ONNX_FORMAT_VERSION, OUTPUT_NAMES
+from .model import MafsOutput
+
+METADATA_FIELDS = ("model_config", "class_names", "palette", "input_conventions", "trained", "description")
+
+
+class OnnxRuntimeNet:
+    """`net(vi (B,3,H,W), ir (B,1,H,W)) -> MafsOutput(semantic, (), fused)` like an eval-mode MafsNet, run by
+    an onnxruntime session on the exported graph.
+
+    device: cpu runs the CPUExecutionProvider, cuda the CUDAExecutionProvider (the onnxruntime-gpu package).
+    Tensors go in and come out on `device`; they cross to onnxruntime through host memory (numpy).
+    Attributes from the file: path, config, class_names, palette, inputs, trained, and input_size: the
+    (H, W) of a fixed-size export, None for a dynamic one.
+    Raises CheckpointError for a file that is missing, not ONNX or not exported by mafs_ros, RuntimeError
+    when onnxruntime or its CUDA provider is unavailable.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX model not found: {self.path}")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError(f"running {self.path} needs onnxruntime: pip install 'mafs_ros[onnx]'") from None
+
+        self._device = device
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    f"device {device} with an ONNX model needs onnxruntime's CUDAExecutionProvider (the "
+                    f"onnxruntime-gpu package); this onnxruntime has {ort.get_available_providers()}"
+                )
+            providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        # The same thread budget as PyTorch's (the node and the CLI set it), not one thread per core.
+        options.intra_op_num_threads = torch.get_num_threads()
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            raise CheckpointError(f"{self.path} is not a usable ONNX model: {exc}") from exc
+        # onnxruntime falls back to the CPU when the CUDA libraries fail to load; a GPU user wants to know.
+        if device.type == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
+            raise RuntimeError(f"onnxruntime could not start its CUDA provider for {self.path} (see its log)")
+
+        self.config, self.class_names, self.palette, self.inputs, self.trained = parse_metadata(
+            self.path, self._read_metadata()
+        )
+        self.input_size, self._batch = self._check_signature()
+
+    def _read_metadata(self) -> dict:
+        raw = self._session.get_modelmeta().custom_metadata_map
+        if "mafs_ros_onnx_version" not in raw:
+            raise CheckpointError(
+                f"{self.path} is an ONNX model but not one exported by `mafs export --onnx` (no "
+                "'mafs_ros_onnx_version' metadata); export the checkpoint with `mafs export --onnx`"
+            )
+        if raw["mafs_ros_onnx_version"] != json.dumps(ONNX_FORMAT_VERSION):
+            raise CheckpointError(
+                f"{self.path}: unsupported mafs_ros ONNX version {raw['mafs_ros_onnx_version']}; this "
+                f"mafs_ros reads version {ONNX_FORMAT_VERSION}"
+            )
+        missing = [key for key in METADATA_FIELDS if key not in raw]
+        if missing:
+            raise CheckpointError(f"{self.path}: missing metadata field(s) {missing}")
+        try:
+            return {key: json.loads(raw[key]) for key in METADATA_FIELDS}
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{self.path}: metadata is not valid JSON: {exc}") from exc
+
+    def _check_signature(self) -> tuple[tuple[int, int] | None, int | None]:
+        """Check the graph's inputs and outputs; return the fixed (H, W) and fixed batch size, or None for
+        dynamic ones."""
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        names = (tuple(i.name for i in inputs), tuple(o.name for o in outputs))
+        if names != (INPUT_NAMES, OUTPUT_NAMES):
+            raise CheckpointError(
+                f"{self.path}: inputs {list(names[0])} and outputs {list(names[1])}, expected inputs "
+                f"{list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}"
+            )
+        channels = {"visible": 3, "thermal": 1, "fused": 1, "semantic": self.config.num_classes}
+        for arg in (*inputs, *outputs):
+            if len(arg.shape) != 4 or arg.shape[1] != channels[arg.name]:
+                raise CheckpointError(
+                    f"{self.path}: {arg.name} has shape {arg.shape}, expected (batch, {channels[arg.name]}, "
+                    "height, width)"
+                )
+        batch, _, height, width = inputs[0].shape
+        size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        return size, batch if isinstance(batch, int) else None
+
+    def __call__(self, vi: torch.Tensor, ir: torch.Tensor) -> MafsOutput:
+        size = (vi.shape[-2], vi.shape[-1])
+        if self.input_size is not None and size != self.input_size:
+            raise ValueError(
+                f"{self.path.name} was exported for {self.input_size[0]}x{self.input_size[1]} network inputs, "
+                f"got {size[0]}x{size[1]}; export it at this size, or with a dynamic size (no --height/--width)"
+            )
+        m = self.inputs.size_multiple
+        if size[0] % m or size[1] % m:
+            raise ValueError(f"network input {size[0]}x{size[1]} is not a multiple of {m}")
+        if vi.dtype != torch.float32 or ir.dtype != torch.float32:
+            raise ValueError(f"the ONNX model takes float32 inputs, got {vi.dtype} and {ir.dtype}")
+        feeds = {"visible": _to_numpy(vi), "thermal": _to_numpy(ir[:, :1])}
+        if self._batch is None or self._batch == vi.shape[0]:
+            fused, semantic = self._session.run(list(OUTPUT_NAMES), feeds)
+        elif self._batch == 1:  # a fixed-batch export: one run per pair
+            runs = [
+                self._session.run(list(OUTPUT_NAMES), {name: array[i : i + 1] for name, array in feeds.items()})
+                for i in range(vi.shape[0])
+            ]
+            fused, semantic = (np.concatenate(arrays) for arrays in zip(*runs))
+        else:
+            raise ValueError(f"{self.path.name} was exported for batch {self._batch}, got {vi.shape[0]}")
+        return MafsOutput(
+            semantic=torch.from_numpy(semantic).to(self._device), aux=(), fused=torch.from_numpy(fused).to(self._device)
+        )
+
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    # onnxruntime takes C-contiguous arrays; the engine's tensors may be channels-last
+    return x.detach().cpu().contiguous().numpy()
