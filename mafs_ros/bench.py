@@ -204,6 +204,8 @@ class BenchPlan:
     sizes: tuple[tuple[int, int], ...] = SIZES
     batches: tuple[int, ...] = BATCHES
     devices: tuple[str, ...] = ("cpu", "cuda")
+    compile_mode: str = "none"  # engine records with torch.compile (see MafsEngine)
+    precisions: tuple[str, ...] = ()  # empty: fp32 on a CPU, fp32 + fp16 (+ bf16 where supported) on CUDA
     runs: int = 50
     max_seconds: float = 120.0  # per record; slow combinations (mafs on a CPU) stop early and say how many runs
     node: bool = True
@@ -242,9 +244,13 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
     for device in available_devices(plan.devices):
         for config in plan.configs:
             network = reference_network(config)
-            for precision in precisions_for(device):
-                engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True)
-                eager = copy.deepcopy(network).to(device) if plan.eager and precision == "fp32" else None
+            eager = copy.deepcopy(network).to(device) if plan.eager else None
+            eager_times: dict[tuple[int, int, int], list[float]] = {}  # (H, W, batch): one eager run for all precisions
+            for precision in plan.precisions or precisions_for(device):
+                if precision == "fp16" and device.type != "cuda":
+                    continue
+                engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True,
+                                    compile_mode=plan.compile_mode)
                 for height, width in plan.sizes:
                     macs = count_macs(engine.model, height, width) if device.type == "cuda" else None
                     peak = measured_peak_tflops(device, torch.float16 if precision != "fp32" else torch.float32) \
@@ -266,12 +272,14 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                             record.achieved_tflops = 2 * macs * batch / (median / 1e3) / 1e12
                             record.compute_floor_ms = 2 * macs * batch / (peak * 1e12) * 1e3
                         if eager is not None:
-                            eager_times = bench_eager(eager, engine, pairs, plan.runs, plan.max_seconds)
-                            eager_median, eager_p95 = summarize(eager_times)
-                            record.speedup_vs_eager = eager_median / median
-                            add(BenchRecord(what="eager_reference", **{**common, "precision": "fp32"},
-                                            median_ms=eager_median, p95_ms=eager_p95,
-                                            pairs_per_s=batch / eager_median * 1e3, runs=len(eager_times)))
+                            key = (height, width, batch)
+                            if key not in eager_times:
+                                eager_times[key] = bench_eager(eager, engine, pairs, plan.runs, plan.max_seconds)
+                                eager_median, eager_p95 = summarize(eager_times[key])
+                                add(BenchRecord(what="eager_reference", **{**common, "precision": "fp32"},
+                                                median_ms=eager_median, p95_ms=eager_p95,
+                                                pairs_per_s=batch / eager_median * 1e3, runs=len(eager_times[key])))
+                            record.speedup_vs_eager = summarize(eager_times[key])[0] / median
                         add(record)
                         if plan.node and batch == 1:
                             from .ros.bench_node import bench_node_end_to_end
@@ -280,7 +288,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                             e2e_median, e2e_p95 = summarize(e2e)
                             add(BenchRecord(what="node_end_to_end", median_ms=e2e_median, p95_ms=e2e_p95,
                                             pairs_per_s=1e3 / e2e_median, runs=len(e2e), **common))
-                del engine, eager
+                del engine
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if plan.node:
@@ -296,9 +304,11 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
     return records
 
 
-def precision_report(devices: Sequence[str], configs: Sequence[str], size: tuple[int, int] = (480, 640)) -> list[dict]:
-    """`check_precision` of every reduced precision available (bf16 on CPU, fp16/bf16 on CUDA) against fp32,
-    on all sample pairs at `size`."""
+def precision_report(
+    devices: Sequence[str], configs: Sequence[str], compile_mode: str = "none", size: tuple[int, int] = (480, 640)
+) -> list[dict]:
+    """`check_precision` against the plain fp32 engine, on all sample pairs at `size`, of every reduced
+    precision available (bf16 on CPU, fp16/bf16 on CUDA) and, with `compile_mode`, of the compiled fp32 engine."""
     pairs = sample_pairs(size, len(list((SAMPLE_DIR / "vi").glob("*.png"))))
     rows = []
     for device in available_devices(devices):
@@ -306,9 +316,13 @@ def precision_report(devices: Sequence[str], configs: Sequence[str], size: tuple
         for config in configs:
             network = reference_network(config)
             reference = MafsEngine(model=network, device=str(device), optimize=True)
-            for precision in reduced:
-                candidate = MafsEngine(model=network, device=str(device), precision=precision, optimize=True)
-                rows.append({"config": config, "device": device.type, "precision": precision,
+            candidates = [(precision, "none") for precision in reduced]
+            if compile_mode != "none":
+                candidates.append(("fp32", compile_mode))
+            for precision, mode in candidates:
+                candidate = MafsEngine(model=network, device=str(device), precision=precision, optimize=True,
+                                       compile_mode=mode)
+                rows.append({"config": config, "device": device.type, "precision": precision, "compile": mode,
                              **check_precision(reference, candidate, pairs)})
     return rows
 

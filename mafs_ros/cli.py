@@ -532,16 +532,19 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import BATCHES, CONFIGS
-
+    # Literal choices, not bench/engine constants: those modules import torch, and `mafs --help` builds every parser.
     parser.add_argument("--out", default=None, help="write OUT/bench.json and OUT/bench.md")
     parser.add_argument("--quick", action="store_true",
                         help="CPU only, both configs, 480x640, batch 1, at most 25 s per record")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, help="(default: all)")
+    parser.add_argument("--configs", nargs="+", choices=["mafs", "mafs-lite"], default=None, help="(default: all)")
     parser.add_argument("--sizes", nargs="+", default=None, metavar="HxW", help="(default: 480x640 600x800)")
-    parser.add_argument("--batches", nargs="+", type=int, default=None, help=f"(default: {BATCHES})")
+    parser.add_argument("--batches", nargs="+", type=int, default=None, help="(default: 1 8)")
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
                         help="(default: cpu and, where present, cuda)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="(default: fp32 on CPU; fp32, fp16 and bf16 where supported on CUDA; fp16 is CUDA only)")
+    parser.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                        help="time the engine compiled with torch.compile in this mode (default: none)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per record (default: 50)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop a record's runs after this long, at least 3 runs (default: 120)")
@@ -566,11 +569,11 @@ def run_bench(args: argparse.Namespace) -> int:
         logger.error("--sizes takes HxW values of at least 32x32, got %s", args.sizes)
         return 2
     overrides = {"configs": args.configs, "sizes": sizes, "batches": args.batches, "devices": args.devices,
-                 "runs": args.runs, "max_seconds": args.max_seconds}
+                 "precisions": args.precisions, "runs": args.runs, "max_seconds": args.max_seconds}
     for name, value in overrides.items():
         if value is not None:
             setattr(plan, name, tuple(value) if isinstance(value, list) else value)
-    plan.node, plan.eager = not args.no_node, not args.no_eager
+    plan.node, plan.eager, plan.compile_mode = not args.no_node, not args.no_eager, args.compile
 
     def progress(record) -> None:
         extra = f", {record.speedup_vs_eager:.2f}x eager" if record.speedup_vs_eager else ""
@@ -584,9 +587,9 @@ def run_bench(args: argparse.Namespace) -> int:
     extra = {}
     if args.check_precision:
         extra["precision check (reduced vs fp32, sample pairs 480x640)"] = rows = precision_report(
-            plan.devices, plan.configs)
+            plan.devices, plan.configs, plan.compile_mode)
         for row in rows:
-            print(f"precision {row['config']} {row['device']}/{row['precision']}: min PSNR "
+            print(f"check {row['config']} {row['device']}/{row['precision']} compile {row['compile']}: min PSNR "
                   f"{row['min_psnr_db']:.1f} dB, label agreement {row['label_agreement'] * 100:.2f} % "
                   f"({'ok' if row['ok'] else 'BELOW the bounds'})")
     print(markdown_table(records))

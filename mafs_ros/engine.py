@@ -44,6 +44,7 @@ from .onnx_backend import OnnxRuntimeNet
 logger = logging.getLogger(__name__)
 
 SIZE_POLICIES = ("resize", "pad")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -149,6 +150,9 @@ class MafsEngine:
     into the convolutions, channels-last; same outputs to float rounding). Default: on for a model the engine
     loads from a checkpoint; for a given `model` (which the caller may go on training) it is off, and `True`
     optimises a copy.
+    compile_mode: "none", or a `torch.compile` mode ("default", "reduce-overhead" = CUDA graphs on a GPU,
+    "max-autotune"). Compiling takes minutes at the first forward of each input size (the warm-up pays it);
+    `mafs bench --compile MODE --check-precision` measures the speed and checks the outputs against eager.
     """
 
     def __init__(
@@ -166,6 +170,7 @@ class MafsEngine:
         warmup_size: tuple[int, int] = (480, 640),
         overlay_alpha: float = 0.5,
         optimize: bool | None = None,
+        compile_mode: str = "none",
     ) -> None:
         if size_policy not in SIZE_POLICIES:
             raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
@@ -234,6 +239,13 @@ class MafsEngine:
             self._model = model
         else:
             self._model = prepare_for_inference(model, self._device) if optimized else model.to(self._device).eval()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if compile_mode != "none":
+            if isinstance(model, OnnxRuntimeNet):
+                raise ValueError("compile_mode does not apply to an ONNX model")
+            self._model = torch.compile(self._model, mode=compile_mode, dynamic=False)
+        self._compile_mode = compile_mode
         self._precision = precision
         self._size_policy = size_policy
         self._size_multiple = inputs.size_multiple
@@ -300,6 +312,10 @@ class MafsEngine:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be within [0, 1], got {alpha}")
         self._overlay_alpha = float(alpha)
+
+    @property
+    def compile_mode(self) -> str:
+        return self._compile_mode
 
     @property
     def optimized(self) -> bool:

@@ -146,3 +146,9 @@ def test_cli_bench_writes_json_records_and_a_table_with_the_node(tmp_path, capsy
     assert "| engine | mafs-lite | cpu | fp32 | 1 | 64x96 |" in (tmp_path / "bench.md").read_text()
     assert "pairs/s" in capsys.readouterr().out
     assert main(["bench", "--sizes", "64"]) == 2
+
+
+def test_compile_mode_is_checked() -> None:
+    assert MafsEngine(model=KnownNet(), device="cpu").compile_mode == "none"
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        MafsEngine(model=KnownNet(), device="cpu", compile_mode="fast")

@@ -79,6 +79,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "size_policy": ("resize", "resize (network runs at a multiple of 32 near the input size, official protocol) "
                               "| pad (reflect-pad to a multiple of 32, crop back)."),
     "warmup": (1, "Forward passes on blank 480x640 inputs at start-up so the first frame is not slow."),
+    "compile_mode": ("none", "none | default | reduce-overhead (CUDA graphs on a GPU) | max-autotune: torch.compile "
+                            "the network; compiling takes minutes during the warm-up."),
     "thermal_normalization": ("", "Thermal scaling to [0, 1]: empty = the checkpoint's; 'fixed' (8-bit /255, "
                                   "16-bit /65535; 32FC1 needs a range), 'fixed:LO,HI' (e.g. degrees C), 'minmax' (per "
                                   "frame), 'percentile:LO,HI' (per-frame AGC)."),
@@ -266,6 +268,7 @@ class MafsNode(Node):
                 thermal_normalization=self._param("thermal_normalization") or None,
                 size_policy=str(self._param("size_policy")),
                 warmup=int(self._param("warmup")),
+                compile_mode=str(self._param("compile_mode")),
             )
         except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot start the model: {exc}") from exc
