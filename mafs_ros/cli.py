@@ -50,7 +50,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mafs_ros checkpoint (.safetensors); default: the packaged one")
     group.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     group.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                       help="fp16/bf16 use autocast and need CUDA (default: fp32)")
+                       help="autocast: fp16 needs CUDA, bf16 runs on CUDA or CPU (default: fp32)")
     group.add_argument("--thermal-norm", default=None, metavar="SPEC",
                        help="override the checkpoint's thermal normalisation: fixed, fixed:LO,HI, minmax, "
                             "percentile or percentile:P_LO,P_HI")
