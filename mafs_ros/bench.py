@@ -297,7 +297,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
         for height, width in plan.sizes:
             overhead = bench_node_overhead(height, width, max(plan.runs, 100))
             median, p95 = summarize(overhead)
-            add(BenchRecord(config="instant-stand-in", device="cpu", precision="-", batch=1, height=height,
+            add(BenchRecord(config="stand-in", device="cpu", precision="-", batch=1, height=height,
                             width=width, what="node_overhead", median_ms=median, p95_ms=p95,
                             pairs_per_s=1e3 / median, runs=len(overhead), device_name=device_name(torch.device("cpu")),
                             threads=torch.get_num_threads()))

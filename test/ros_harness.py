@@ -21,7 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mafs_ros.engine import FusionResult
+from mafs_ros.ros.bench_node import StandInEngine
 from mafs_ros.ros.conversions import numpy_to_image
 from mafs_ros.ros.node import PAIR_REJECTIONS, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
 
@@ -167,30 +167,6 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS line in /proc/self/status")
 
 
-class SleepingEngine:
-    """Looks like MafsEngine to the node: infer() takes `delay_s` (a model's time) and returns a fixed result
-    of the input's size, so that a long run measures the node, not a network."""
-
-    device, precision, overlay_alpha, checkpoint_path = "cpu", "fp32", 0.5, None
-    class_names = tuple(f"class{i}" for i in range(9))
-    palette = np.zeros((9, 3), np.uint8)
-
-    class config:  # noqa: N801 - mimics MafsConfig's attribute access
-        name = "sleeping-stand-in"
-
-    def __init__(self, delay_s: float, height: int, width: int) -> None:
-        self._delay_s = delay_s
-        self._result = FusionResult(
-            fused_rgb=np.zeros((height, width, 3), np.uint8), fused_y=np.zeros((height, width), np.uint8),
-            labels=np.zeros((height, width), np.uint8), confidence=None, overlay=np.zeros((height, width, 3), np.uint8),
-            timings={"preprocess_ms": 0.0, "inference_ms": delay_s * 1e3, "postprocess_ms": 0.0},
-        )
-
-    def infer(self, rgb, thermal, *, want_confidence=True, want_overlay=False) -> FusionResult:
-        time.sleep(self._delay_s)
-        return self._result
-
-
 # Median latency may wander by scheduling noise (a 2-core CI machine runs other jobs); more than this is growth.
 LATENCY_SLACK_MS = 25.0
 
@@ -243,7 +219,8 @@ class SoakResult:
 
 def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] = (96, 128), warmup_s: float = 10.0,
              window_s: float = 10.0, seed: int = 0) -> SoakResult:
-    """A node with a SleepingEngine fed 30 Hz RGB and 9 Hz thermal (best effort, like cameras) for `duration_s`.
+    """A node with a StandInEngine (`infer_s` per pair) fed 30 Hz RGB and 9 Hz thermal (best effort, like
+    cameras) for `duration_s`.
 
     Publish times jitter by +-3 ms around the frame period and each stamp lies 0-5 ms before its publish
     (capture to publish), on the wall clock, so the node's end-to-end latency is real. After the run the node
@@ -262,7 +239,7 @@ def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] 
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
         ros.node.create_subscription(FusedSegmentation, RESULT_TOPIC, on_result, reliable)
         height, width = size
-        node = MafsNode(engine=SleepingEngine(infer_s, height, width), context=ros.context)
+        node = MafsNode(engine=StandInEngine(height, width, delay_s=infer_s), context=ros.context)
         ros.add_node(node)
         ros.wait_for_subscribers([RGB_TOPIC, THERMAL_TOPIC])
 

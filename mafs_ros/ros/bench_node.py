@@ -29,25 +29,29 @@ from mafs_ros.ros.node import RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
 WARMUP_PAIRS = 5
 
 
-class InstantEngine:
-    """Looks like MafsEngine to the node; `infer` returns a fixed result of the right size at once."""
+class StandInEngine:
+    """Looks like MafsEngine to the node; `infer` takes `delay_s` (a model's time; 0: answers at once) and returns
+    a fixed result of the input's size, so that what is timed is the node, not a network."""
 
     device, precision, overlay_alpha, checkpoint_path = "cpu", "fp32", 0.5, None
     class_names = tuple(f"class{i}" for i in range(9))
     palette = np.zeros((9, 3), np.uint8)
 
     class config:  # noqa: N801 - mimics MafsConfig's attribute access
-        name = "instant-stand-in"
+        name = "stand-in"
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, delay_s: float = 0.0) -> None:
+        self._delay_s = delay_s
         self._result = FusionResult(
             fused_rgb=np.zeros((height, width, 3), np.uint8), fused_y=np.zeros((height, width), np.uint8),
-            labels=np.zeros((height, width), np.uint8), confidence=None, overlay=None,
-            timings={"preprocess_ms": 0.0, "inference_ms": 0.0, "postprocess_ms": 0.0},
+            labels=np.zeros((height, width), np.uint8), confidence=None, overlay=np.zeros((height, width, 3), np.uint8),
+            timings={"preprocess_ms": 0.0, "inference_ms": delay_s * 1e3, "postprocess_ms": 0.0},
         )
 
     def infer(self, rgb: np.ndarray, thermal: np.ndarray, *, want_confidence: bool = True,
               want_overlay: bool = False) -> FusionResult:
+        if self._delay_s:
+            time.sleep(self._delay_s)
         return self._result
 
 
@@ -123,7 +127,7 @@ def bench_node_overhead(height: int, width: int, runs: int) -> list[float]:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     thermal = rng.integers(0, 255, (height, width), dtype=np.uint8)
-    loop = _Loop(InstantEngine(height, width))
+    loop = _Loop(StandInEngine(height, width))
     try:
         for index in range(runs + WARMUP_PAIRS):
             loop.round_trip_ms(rgb, thermal, index, timeout_s=10.0)
