@@ -221,6 +221,17 @@ def test_unsupported_encodings_are_counted_and_skipped(tmp_path, engine):
 # Broken input and the command line
 
 
+def assert_replayed_up_to_the_cut(report: dict, written, out_dir) -> None:
+    """A bag cut short was replayed up to the cut: the report says where reading failed, the frames read before
+    it were paired in order (the last one may lack its partner), and every fused pair is in the output bag."""
+    assert report["read_error"] and "frames read per topic" in report["read_error"]
+    read = report["frames_read"][RGB]
+    assert 0 < read < 36 and report["pairs_fused"] >= read - 1
+    expected = list(zip(written.rgb_stamps_ns, written.thermal_stamps_ns))
+    assert _frame_pairs(report) == expected[: report["pairs_fused"]]
+    assert len(read_topics(out_dir / "bag", [FUSED])[FUSED]) == report["pairs_fused"]
+
+
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ERROR")]
 
@@ -237,12 +248,7 @@ def test_truncated_mcap_reports_where_reading_stopped(tmp_path, capsys, stand_in
     errors = _error_lines(stderr)
     assert len(errors) == 1 and "reading failed after" in errors[0] and "broken MCAP record at byte" in errors[0]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["read_error"] and "frames read per topic" in report["read_error"]
-    read = report["frames_read"][RGB]
-    assert 0 < read < 36 and report["pairs_fused"] >= read - 1
-    expected = list(zip(written.rgb_stamps_ns, written.thermal_stamps_ns))
-    assert _frame_pairs(report) == expected[: report["pairs_fused"]]
-    assert len(read_topics(tmp_path / "out" / "bag", [FUSED])[FUSED]) == report["pairs_fused"]
+    assert_replayed_up_to_the_cut(report, written, tmp_path / "out")
 
 
 def test_corrupt_db3_message_is_skipped_and_named(tmp_path, capsys, stand_in_cli):
