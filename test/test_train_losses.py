@@ -71,6 +71,26 @@ def test_intensity_loss_known_value_for_a_constant_offset() -> None:
     assert got.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
+def test_max_intensity_loss_targets_the_brighter_source_and_ir_on_salient_pixels() -> None:
+    ir, vi = torch.rand(2, 2, 1, 12, 12, dtype=torch.float64).unbind(0)
+    brighter = torch.maximum(ir, vi)
+    assert L.max_intensity_loss(ir, vi, brighter).item() == 0.0
+    assert L.max_intensity_loss(ir, vi, brighter + 0.1).item() == pytest.approx(0.1, rel=1e-12)
+    salient = torch.zeros_like(ir)
+    salient[..., :6, :] = 1.0  # top half: the target is IR, bottom half: the brighter source
+    target = torch.where(salient > 0, ir, brighter)
+    assert L.max_intensity_loss(ir, vi, target, salient).item() == pytest.approx(0.0, abs=1e-15)
+    assert L.max_intensity_loss(ir, vi, brighter, salient).item() > 0.0  # brighter != ir where vi > ir
+
+
+def test_fusion_loss_intensity_choice() -> None:
+    ir, vi, fused = torch.rand(3, 2, 1, 16, 16).unbind(0)
+    _, parts = L.FusionLoss(intensity="max")(ir, vi, fused)
+    assert parts["int"].item() == pytest.approx(L.max_intensity_loss(ir, vi, fused).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown fusion intensity loss 'mean'"):
+        L.FusionLoss(intensity="mean")
+
+
 def test_fusion_loss_weights_and_positivity() -> None:
     ir, vi, fused = torch.rand(3, 2, 1, 16, 16).unbind(0)
     mask = (torch.rand(2, 1, 16, 16) > 0.8).float()

@@ -59,6 +59,7 @@ class LossConfig:
 
     fusion_grad_weight: float = 10.0
     fusion_int_weight: float = 10.0
+    fusion_intensity: str = "local_variance"  # local_variance (Fusion_loss) | max (the alternative Fusionloss)
     seg_aux_weight: float = 0.5
     seg_scale: float = 10.0
     ohem_thresh: float = 0.7

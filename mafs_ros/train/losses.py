@@ -159,23 +159,46 @@ def local_variance_intensity_loss(
     return torch.where(choose_ir, mse_ir, mse_vi).mean()
 
 
-class FusionLoss(nn.Module):
-    """L_fus = w_grad·L_grad + w_int·L_int, official `Fusion_loss` with weights [1, 10, 10] (spec §3.1).
+def max_intensity_loss(
+    ir: torch.Tensor, vi_y: torch.Tensor, fused: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_int of the official alternative `Fusionloss` (spec §3.1), without its factor 5:
+    ‖max(IR, Y_vi)·(1−m) − F·(1−m)‖₁ + ‖IR·m − F·m‖₁, ‖·‖₁ = mean |·|.
 
+    ir, vi_y, fused: (B, 1, H, W); mask: (B, 1, H, W) binary salient map or None (no salient pixels).
+    Returns a scalar.
+    """
+    if mask is None:
+        mask = torch.zeros_like(fused)
+    background = 1.0 - mask
+    return F.l1_loss(torch.maximum(ir, vi_y) * background, fused * background) + F.l1_loss(ir * mask, fused * mask)
+
+
+_INTENSITY_LOSSES = {"local_variance": local_variance_intensity_loss, "max": max_intensity_loss}
+
+
+class FusionLoss(nn.Module):
+    """L_fus = w_grad·L_grad + w_int·L_int (spec §3.1).
+
+    intensity="local_variance" is the official `Fusion_loss` (weights [1, 10, 10]: w_grad = w_int = 10);
+    intensity="max" takes L_int from the official alternative `Fusionloss` (there: w_grad = 1, w_int = 5).
     forward(ir, vi_y, fused, mask=None) with (B, 1, H, W) maps -> (total, {"grad": L_grad, "int": L_int}).
     The SSIM and correlation terms of PSFusion are disabled in MAFS and therefore absent here.
     """
 
-    def __init__(self, w_grad: float = 10.0, w_int: float = 10.0) -> None:
+    def __init__(self, w_grad: float = 10.0, w_int: float = 10.0, intensity: str = "local_variance") -> None:
         super().__init__()
+        if intensity not in _INTENSITY_LOSSES:
+            raise ValueError(f"unknown fusion intensity loss {intensity!r}; choose one of {sorted(_INTENSITY_LOSSES)}")
         self.w_grad = w_grad
         self.w_int = w_int
+        self.intensity_loss = _INTENSITY_LOSSES[intensity]
 
     def forward(
         self, ir: torch.Tensor, vi_y: torch.Tensor, fused: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         grad = gradient_loss(ir, vi_y, fused)
-        intensity = local_variance_intensity_loss(ir, vi_y, fused, mask)
+        intensity = self.intensity_loss(ir, vi_y, fused, mask)
         total = self.w_grad * grad + self.w_int * intensity
         return total, {"grad": grad.detach(), "int": intensity.detach()}
 

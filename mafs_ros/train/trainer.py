@@ -155,7 +155,9 @@ class Trainer:
             self.val_pairs = self.val_pairs[: cfg.data.val_limit]
         self.has_labels = any(p.label is not None for p in self.train_pairs)
 
-        self.fusion_loss = FusionLoss(cfg.loss.fusion_grad_weight, cfg.loss.fusion_int_weight)
+        self.fusion_loss = FusionLoss(
+            cfg.loss.fusion_grad_weight, cfg.loss.fusion_int_weight, cfg.loss.fusion_intensity
+        )
         self.seg_loss = SegmentationLoss(
             model_cfg.num_classes, aux_weight=cfg.loss.seg_aux_weight, scale=cfg.loss.seg_scale,
             ohem_thresh=cfg.loss.ohem_thresh,
