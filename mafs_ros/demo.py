@@ -164,7 +164,7 @@ class _DemoSession:
     def __init__(self, recording: Path) -> None:
         import rclpy
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -194,7 +194,7 @@ class _DemoSession:
             )
             self._writer.add_topic(topic, msgtype, [bags.qos_profile(transient_local=latched)])
             self._record(types[msgtype], topic, msgtype, qos)
-        self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
+        self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()

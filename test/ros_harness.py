@@ -16,7 +16,7 @@ import numpy as np
 import rclpy
 from mafs_ros.msg import FusedSegmentation
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -55,7 +55,7 @@ class RosHarness:
     def __init__(self) -> None:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins (see node.py)
         self.node = Node("mafs_test_harness", context=self.context)
         self.executor.add_node(self.node)
         self.received: dict[str, list[Any]] = defaultdict(list)

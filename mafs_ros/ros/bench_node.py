@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -71,7 +71,7 @@ class _Loop:
         self.results = 0
         self._lock = threading.Lock()
         self.player.create_subscription(FusedSegmentation, RESULT_TOPIC, self._on_result, 10)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins (see node.py)
         self.executor.add_node(self.node)
         self.executor.add_node(self.player)
         self._spinner = threading.Thread(target=self._spin, daemon=True)

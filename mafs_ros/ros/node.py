@@ -1,6 +1,6 @@
 """The MAFS ROS 2 node: paired thermal + RGB images in, fused image and semantic labels out.
 
-Data flow (one process, `MultiThreadedExecutor`):
+Data flow (one process, a `SingleThreadedExecutor` plus the inference thread):
 
     rgb/image ─────┐ (subscription callbacks, group "inputs": check the message, pair by stamp)
     thermal/image ─┴─► ApproximateTimePairer ─► one-slot mailbox (a newer pair overwrites: counted as a drop)
@@ -8,8 +8,11 @@ Data flow (one process, `MultiThreadedExecutor`):
                          inference worker thread ◄──┘ decode, register thermal, MafsEngine.infer, publish
     diagnostics timer (group "diagnostics") ─► /diagnostics about once per second
 
-Keeping the model off the executor's threads means parameter services and diagnostics stay responsive while
-a slow model runs, and a camera faster than the model costs drops, not latency.
+Keeping the model off the executor's thread means parameter services and diagnostics stay responsive while
+a slow model runs, and a camera faster than the model costs drops, not latency. The callbacks are short, so one
+executor thread is enough; rclpy's MultiThreadedExecutor would cost far more: up to rclpy 9 it re-queues tasks it
+already queued and keeps the GIL busy doing so (rclpy#1452), which on two cores lost about 70 % of 30 Hz frames
+in the soak test. The callback groups keep the callbacks apart when the node is spun by a multi-threaded one.
 
 Everything model-related comes from `mafs_ros.engine.MafsEngine`; this file only knows messages.
 """
@@ -32,7 +35,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -669,7 +672,7 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = MafsNode()
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except StartupError as exc:
