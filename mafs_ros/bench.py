@@ -11,8 +11,9 @@ Records (one per measured combination, all in `bench.json` and a Markdown table 
                       stand-in engine that answers instantly
     node_end_to_end   publish a pair -> receive `mafs/result` over DDS, with the real engine
 
-`speedup_vs_eager` = eager median / engine median, both measured in the same run on the same pairs: the
-engine's time includes its pre- and postprocessing, the eager one does not.
+`speedup_vs_eager` = eager median / engine median, both measured in the same run on the same pairs, taking
+turns call by call (the first precision's engine with the eager forward, so drifting machine speed cannot favour
+either side): the engine's time includes its pre- and postprocessing, the eager one does not.
 """
 
 from __future__ import annotations
@@ -73,28 +74,41 @@ class BenchRecord:
     torch_version: str = torch.__version__
 
 
+def interleaved_runs(
+    fns: Sequence[Callable[[], Any]], device: torch.device, runs: int, warmup: int, max_seconds: float
+) -> list[list[float]]:
+    """Call each of `fns` `warmup` times, then all of them in turn, round after round, up to `runs` rounds
+    (stopping early after `max_seconds`, at least 3 rounds); returns milliseconds per call, one list per fn.
+
+    Taking turns makes a comparison of the fns fair on a machine whose speed drifts (other tenants, clocks):
+    measured one after the other, a minute-long slow phase lands on one side only. On CUDA each call is timed
+    with CUDA events, so queued work is counted."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    deadline = time.monotonic() + max_seconds
+    while len(times[-1]) < runs and (len(times[-1]) < 3 or time.monotonic() < deadline):
+        for fn, fn_times in zip(fns, times):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                fn_times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                fn_times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def timed_runs(
     fn: Callable[[], Any], device: torch.device, runs: int, warmup: int, max_seconds: float
 ) -> list[float]:
-    """Call `fn` `warmup` times, then up to `runs` times (stopping early after `max_seconds`, at least 3 runs);
-    returns milliseconds per call. On CUDA each call is timed with CUDA events, so queued work is counted."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    deadline = time.monotonic() + max_seconds
-    while len(times) < runs and (len(times) < 3 or time.monotonic() < deadline):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    """`interleaved_runs` of one fn: milliseconds per call."""
+    return interleaved_runs([fn], device, runs, warmup, max_seconds)[0]
 
 
 def summarize(times: Sequence[float]) -> tuple[float, float]:
@@ -145,10 +159,10 @@ def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * 8192**3 / (best / 1e3) / 1e12
 
 
-def bench_engine(
-    engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]], runs: int, max_seconds: float
-) -> tuple[list[float], dict[str, float]]:
-    """Times per `infer_batch` call over `pairs` (one batch) and the median of each engine stage per call."""
+def engine_call(
+    engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[Callable[[], None], dict[str, list[float]]]:
+    """A call of `infer_batch` over `pairs` (one batch), and the per-call stage times it appends to."""
     stages: dict[str, list[float]] = {"preprocess_ms": [], "inference_ms": [], "postprocess_ms": []}
 
     def call() -> None:
@@ -156,15 +170,13 @@ def bench_engine(
         for name in stages:
             stages[name].append(results[0].timings[name] * len(pairs))
 
-    times = timed_runs(call, engine.device, runs, warmup=2, max_seconds=max_seconds)
-    return times, {name: float(statistics.median(values[-len(times):])) for name, values in stages.items()}
+    return call, stages
 
 
-def bench_eager(
-    network: torch.nn.Module, engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]], runs: int,
-    max_seconds: float,
-) -> list[float]:
-    """Times of the plain eager fp32 forward (see the module docstring) on the engine's network-size inputs."""
+def eager_call(
+    network: torch.nn.Module, engine: MafsEngine, pairs: list[tuple[np.ndarray, np.ndarray]]
+) -> Callable[[], None]:
+    """A plain eager fp32 forward (see the module docstring) on the engine's network-size inputs."""
     vi, ir = engine.network_inputs(pairs)
     vi, ir = vi.contiguous(), ir.contiguous()
 
@@ -172,7 +184,12 @@ def bench_eager(
         with torch.no_grad():
             network(vi, ir, with_aux=True)
 
-    return timed_runs(call, engine.device, runs, warmup=1, max_seconds=max_seconds)
+    return call
+
+
+def stage_medians(stages: dict[str, list[float]], runs: int) -> dict[str, float]:
+    """Median per stage over the last `runs` calls (the timed ones, not the warm-up)."""
+    return {name: float(statistics.median(values[-runs:])) for name, values in stages.items()}
 
 
 def check_precision(
@@ -262,23 +279,28 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                                       threads=torch.get_num_threads())
                         if device.type == "cuda":
                             torch.cuda.reset_peak_memory_stats(device)
-                        times, stages = bench_engine(engine, pairs, plan.runs, plan.max_seconds)
+                        call, stages = engine_call(engine, pairs)
+                        key = (height, width, batch)
+                        if eager is not None and key not in eager_times:
+                            # Side by side, taking turns: the speed-up is claimed from these two lists.
+                            times, eager_times[key] = interleaved_runs(
+                                [call, eager_call(eager, engine, pairs)], engine.device, plan.runs, warmup=2,
+                                max_seconds=2 * plan.max_seconds)
+                            eager_median, eager_p95 = summarize(eager_times[key])
+                            add(BenchRecord(what="eager_reference", **{**common, "precision": "fp32"},
+                                            median_ms=eager_median, p95_ms=eager_p95,
+                                            pairs_per_s=batch / eager_median * 1e3, runs=len(eager_times[key])))
+                        else:
+                            times = timed_runs(call, engine.device, plan.runs, warmup=2, max_seconds=plan.max_seconds)
                         median, p95 = summarize(times)
                         record = BenchRecord(what="engine", median_ms=median, p95_ms=p95,
-                                             pairs_per_s=batch / median * 1e3, runs=len(times), stages_ms=stages,
-                                             **common)
+                                             pairs_per_s=batch / median * 1e3, runs=len(times),
+                                             stages_ms=stage_medians(stages, len(times)), **common)
                         if device.type == "cuda":
                             record.peak_gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20
                             record.achieved_tflops = 2 * macs * batch / (median / 1e3) / 1e12
                             record.compute_floor_ms = 2 * macs * batch / (peak * 1e12) * 1e3
                         if eager is not None:
-                            key = (height, width, batch)
-                            if key not in eager_times:
-                                eager_times[key] = bench_eager(eager, engine, pairs, plan.runs, plan.max_seconds)
-                                eager_median, eager_p95 = summarize(eager_times[key])
-                                add(BenchRecord(what="eager_reference", **{**common, "precision": "fp32"},
-                                                median_ms=eager_median, p95_ms=eager_p95,
-                                                pairs_per_s=batch / eager_median * 1e3, runs=len(eager_times[key])))
                             record.speedup_vs_eager = summarize(eager_times[key])[0] / median
                         add(record)
                         if plan.node and batch == 1:

@@ -11,7 +11,7 @@ from ros_harness import DOMAIN_ID
 from stand_in_net import KnownNet
 from torch import nn
 
-from mafs_ros.bench import BenchPlan, check_precision, run_bench, sample_pairs, timed_runs
+from mafs_ros.bench import BenchPlan, check_precision, interleaved_runs, run_bench, sample_pairs, timed_runs
 from mafs_ros.cli import main
 from mafs_ros.engine import MafsEngine
 from mafs_ros.model import build_model, get_config
@@ -106,6 +106,14 @@ def test_timed_runs_respects_count_and_time_cap() -> None:
     assert len(times) == 7 and len(calls) == 9 and all(t >= 0 for t in times)
     slow = timed_runs(lambda: __import__("time").sleep(0.05), torch.device("cpu"), runs=50, warmup=0, max_seconds=0.1)
     assert 3 <= len(slow) < 50 and min(slow) >= 50
+
+
+def test_interleaved_runs_take_turns_after_each_ones_warmup() -> None:
+    calls = []
+    a, b = interleaved_runs([lambda: calls.append("a"), lambda: calls.append("b")], torch.device("cpu"), runs=3,
+                            warmup=1, max_seconds=60)
+    assert len(a) == len(b) == 3
+    assert "".join(calls) == "ab" + "ab" * 3
 
 
 def test_check_precision_of_identical_and_of_different_engines() -> None:
