@@ -10,8 +10,8 @@ Data flow (one process, a `SingleThreadedExecutor` plus the inference thread):
 
 Keeping the model off the executor's thread means parameter services and diagnostics stay responsive while
 a slow model runs, and a camera faster than the model costs drops, not latency. The callbacks are short, so one
-executor thread is enough; rclpy's MultiThreadedExecutor would cost far more: up to rclpy 9 it re-queues tasks it
-already queued and keeps the GIL busy doing so (rclpy#1452), which on two cores lost about 70 % of 30 Hz frames
+executor thread is enough; rclpy's MultiThreadedExecutor would cost far more: in rclpy 9.1.2 (Kilted) it re-queues
+tasks it already queued and keeps the GIL busy doing so (rclpy#1452), which on two cores lost about 70 % of 30 Hz frames
 in the soak test. The callback groups keep the callbacks apart when the node is spun by a multi-threaded one.
 
 Everything model-related comes from `mafs_ros.engine.MafsEngine`; this file only knows messages.
