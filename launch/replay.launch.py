@@ -2,7 +2,10 @@
 
     ros2 launch mafs_ros replay.launch.py bag:=BAG rgb_topic:=/camera/color/image_raw thermal_topic:=/thermal/raw
     ros2 launch mafs_ros replay.launch.py bag:=BAG record:=true record_path:=run1
-    mafs replay --from-recording run1
+    mafs replay --from-recording run1 --out run1_report
+
+(`mafs replay --from-recording` reads the default topics; with topic arguments or a namespace give it the
+recorded names: --rgb-topic, --thermal-topic, --result-topic.)
 
 The arguments of mafs.launch.py (topics, params_file, checkpoint, device, namespace, rviz) apply here too: an
 included launch file shares the launch configurations of the file including it. use_sim_time is always true.
@@ -26,9 +29,10 @@ from launch.substitutions import LaunchConfiguration
 from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
 from rclpy.expand_topic_name import expand_topic_name
 
-# The node's inputs as it received them, and the outputs `mafs replay --from-recording` scores (fused/image,
-# segmentation/labels, mafs/result) or reads (segmentation/info: class names; /diagnostics: drops, latency).
-# Relative names resolve in the node's namespace.
+# The node's inputs as it received them, the outputs `mafs replay --from-recording` scores (fused/image,
+# segmentation/labels, mafs/result) or reads (segmentation/info: class names; /diagnostics: drops, latency), and
+# the bag's ground truth if it has any (the default of `mafs replay --labels-topic`; recording a topic that never
+# appears is harmless). Relative names resolve in the node's namespace.
 RECORDED_TOPICS = (
     LaunchConfiguration('rgb_topic'),
     LaunchConfiguration('thermal_topic'),
@@ -38,6 +42,7 @@ RECORDED_TOPICS = (
     'mafs/result',
     'segmentation/info',
     '/diagnostics',
+    '/segmentation/ground_truth',
 )
 
 # After the last message of the bag: time for the node to fuse the pair it holds before everything stops.

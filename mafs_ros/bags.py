@@ -3,7 +3,7 @@
 - `typestore()`: the ROS 2 Kilted type store (identical to Jazzy for every type used here) with our messages
   mafs_ros/msg/FusedSegmentation and SegmentationInfo registered from msg/*.msg, the one source of their
   definitions (also compiled by rosidl). Their RIHS01 hashes equal rosidl's, so `ros2 bag play` accepts them.
-- `BagReader`: rosbag2 directories (metadata versions of Humble to Kilted) and bare .mcap / .db3 files, sqlite3
+- `BagReader`: rosbag2 directories (metadata versions 4 to 9: Foxy to Kilted) and bare .mcap / .db3 files, sqlite3
   and MCAP storage. Messages come in receive-time order. An MCAP file without a valid summary or a sqlite3 file
   cut short (a recorder that was killed, a copy that stopped) is read front to back up to its last complete
   message instead of being refused.

@@ -361,8 +361,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     # From bags, not replay: replay imports torch, and `mafs --help` builds every parser.
     from .bags import CAMERA_INFO_TOPIC, GROUND_TRUTH_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC
 
-    # The node's sync.* defaults (= replay.DEFAULT_*).
+    # The node's sync.* and registration.homography defaults (= replay.DEFAULT_*, ros.registration.
+    # IDENTITY_HOMOGRAPHY, which would import cv2).
     slop_s, queue_size, thermal_offset_s = 0.05, 10, 0.0
+    identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
     parser.add_argument("bag", type=Path, nargs="?",
                         help="input rosbag2: a folder with metadata.yaml or a .mcap / .db3 file (sqlite3 or MCAP)")
@@ -389,8 +391,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     pairing.add_argument("--queue-size", type=int, default=queue_size,
                          help=f"frames held per stream while waiting for a partner (default {queue_size})")
     pairing.add_argument("--thermal-offset-s", type=float, default=thermal_offset_s,
-                         help="added to thermal stamps before pairing (a thermal camera lagging by 40 ms: 0.04; "
+                         help="added to thermal stamps before pairing (thermal stamped 40 ms later than RGB: -0.04; "
                               f"default {thermal_offset_s})")
+    pairing.add_argument("--homography", type=float, nargs=9, default=identity,
+                         metavar=("H11", "H12", "H13", "H21", "H22", "H23", "H31", "H32", "H33"),
+                         help="the node's registration.homography: row-major 3x3, thermal pixels -> RGB pixels; "
+                              "thermal is warped into the RGB image before fusion (default: identity, no warp)")
     output = parser.add_argument_group("output")
     output.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"],
                         help="storage of the output bag (default mcap)")
@@ -421,18 +427,25 @@ def run_replay(args: argparse.Namespace) -> int:
     from .evaluate import format_metrics, format_table
     from .metrics import FUSION_METRIC_NAMES
     from .replay import ReplayError, replay, report_from_recording
+    from .ros.registration import parse_homography
     if args.out is None:
         logger.error("--out DIR is required (or --list)")
         return 2
     if args.contact_sheet < 0:
         logger.error("--contact-sheet must not be negative, got %d", args.contact_sheet)
         return 2
+    try:  # before the model is loaded
+        parse_homography(args.homography, "--homography")
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     topics = {"rgb_topic": args.rgb_topic, "thermal_topic": args.thermal_topic, "labels_topic": args.labels_topic}
     try:
         if args.from_recording is not None:
             report = report_from_recording(
                 bag, args.out, **topics, result_topic=args.result_topic, thermal_normalization=args.thermal_norm,
-                thermal_offset_s=args.thermal_offset_s, contact_sheet_count=args.contact_sheet,
+                thermal_offset_s=args.thermal_offset_s, homography=args.homography,
+                contact_sheet_count=args.contact_sheet,
             )
         else:
             try:
@@ -443,8 +456,8 @@ def run_replay(args: argparse.Namespace) -> int:
             report = replay(
                 bag, args.out, engine=engine, **topics, camera_info_topic=args.camera_info_topic,
                 slop_s=args.slop_s, queue_size=args.queue_size, thermal_offset_s=args.thermal_offset_s,
-                storage=args.storage, copy_inputs=not args.no_inputs, overwrite=args.overwrite,
-                contact_sheet_count=args.contact_sheet,
+                homography=args.homography, storage=args.storage, copy_inputs=not args.no_inputs,
+                overwrite=args.overwrite, contact_sheet_count=args.contact_sheet,
             )
     except (ReplayError, ValueError) as exc:  # unusable bag, missing topic, existing output, bad parameter
         logger.error("%s", exc)

@@ -308,18 +308,25 @@ def _write_pngs(recording: Path, out_dir: Path) -> None:
 
 
 def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
-    fusion = report.get("fusion", {}).get("mean", {})
+    """The demo's closing lines: what was written, pairs fused, mean fusion metrics, latency."""
+    means = report.get("fusion", {}).get("mean") or {}  # None when no pair could be scored
     latency = report.get("latency_ms", {})
     end_to_end = report.get("end_to_end_ms", {})
     read = report.get("frames_read", {})
-    metrics = "  ".join(f"{k} {v:.3f}" for k, v in fusion.items() if isinstance(v, (int, float)))
-    print(f"\nwrote {out_dir}/report.md, report.json, plots, contact sheet, fused/ and overlay/ PNGs, "
-          f"recording/ (rosbag2: inputs + node outputs), node.log")
+    files = report.get("files", [])
+    metrics = "  ".join(f"{k} {v:.3f}" for k, v in means.items() if isinstance(v, (int, float)))
+    written = ["report.md", "report.json"]
+    if "metrics_over_time.png" in files:
+        written.append("plots")
+    if "contact_sheet.png" in files:
+        written.append("contact sheet")
+    print(f"\nwrote {out_dir}/{', '.join(written)}, fused/ and overlay/ PNGs, recording/ (rosbag2: inputs + "
+          f"node outputs), node.log")
     print(f"pairs fused: {report.get('pairs_fused', 0)} of {read.get(bags.RGB_TOPIC, 0)} RGB frames "
           f"(dropped while the model was busy or unmatched: {sum(report.get('unmatched', {}).values())} frames)")
-    print(f"mean fusion metrics: {metrics}")
-    print(f"latency: inference p50 {_ms(latency.get('p50'))}, p95 {_ms(latency.get('p95'))}; "
-          f"end to end p50 {_ms(end_to_end.get('p50'))}")
+    print(f"mean fusion metrics: {metrics or 'n/a (no pair scored)'}")
+    print(f"latency: processing (preprocess + inference + postprocess) p50 {_ms(latency.get('p50'))}, "
+          f"p95 {_ms(latency.get('p95'))}; end to end p50 {_ms(end_to_end.get('p50'))}")
 
 
 def _ms(value: Any) -> str:

@@ -5,11 +5,13 @@ Two modes:
 
 - `replay(bag, out_dir, engine=...)`: the input bag's RGB and thermal frames are fed to the node's pairing class
   (`ros.pairing.ApproximateTimePairer`, same parameters) in bag receive-time order, so the pairs are the ones the
-  live node would make. Each pair goes through the engine; DIR/bag gets /fused/image, /segmentation/labels,
-  /segmentation/overlay, /mafs/result, /segmentation/info (once, transient local) and /fused/camera_info (when
-  the bag has camera info), each stamped with the RGB input's header and recorded at the RGB input's receive
-  time, plus a copy of the input topics: `ros2 bag play DIR/bag` shows it like a live run, and
-  `report_from_recording(DIR/bag)` reproduces the fusion numbers.
+  live node would make. With a homography (the node's registration.homography) thermal is warped into the RGB
+  image first, as the node does. Each pair goes through the engine; DIR/bag gets /fused/image,
+  /segmentation/labels, /segmentation/overlay, /mafs/result, /segmentation/info (once, transient local) and
+  /fused/camera_info (when the bag has camera info), each stamped with the RGB input's header and recorded when
+  the pair was complete (the later receive time of its RGB and thermal frame), plus a copy of the input topics:
+  `ros2 bag play DIR/bag` shows it like a live run, and `report_from_recording(DIR/bag)` reproduces the fusion
+  numbers.
 - `report_from_recording(bag, out_dir)`: a recorded live run (input topics + the node's /mafs/result). The pairs
   are the node's (rgb_stamp, thermal_stamp of each result), matched to the recorded input frames by stamp; the
   metrics use the recorded fused images; latency comes from the result's timings, and separately end to end
@@ -18,6 +20,7 @@ Two modes:
 Fusion metrics per pair (A, B, F as in `evaluate`): A = the thermal frame through the thermal normalisation
 (`evaluate.thermal_u8`), B = `metrics.luma_u8` of the RGB frame, F = `luma_u8` of the fused rgb8 image as
 published (what `mafs metrics` takes from an RGB fused file), so both modes score the same pixels.
+With a homography, A is the warped thermal frame (what the network fused).
 Ground-truth label images (mono8/16 class ids, 255 = ignore) are matched to fused pairs by header stamp.
 
 Report (report.json; report.md has the same as tables)::
@@ -34,10 +37,14 @@ Report (report.json; report.md has the same as tables)::
      "end_to_end_ms": {...},                    # recording only: result receive time - RGB stamp
      "throughput": {"bag_duration_s", "pairs_per_s" (per bag second), "rates_hz": {topic: Hz},
                     ["wall_s", "pairs_per_s_wall", "realtime_factor"] (replay only)},
-     "fusion": {"mean": {metric: value} | null, "per_frame": {"<sec>.<nanosec>" RGB stamp: {metric: value}}},
+     "fusion": {"mean": {metric: value} | null,
+                "per_frame": [{"index": n, "rgb_stamp": "<sec>.<nanosec>", "metrics": {metric: value}}]},
+                                                # one entry per fused pair, in the order of "frames" (a looped
+                                                # bag repeats stamps: "index" tells the pairs apart)
      "frames": [{"rgb_stamp_ns", "thermal_stamp_ns", "skew_ms", "latency_ms"[, "end_to_end_ms"]}],
      "segmentation": {... as `mafs eval`, "labels_read", "labels_unmatched"},   # only with ground truth
      "pairing": {"slop_s", "queue_size", "thermal_offset_s", ...PairingStats},  # replay only
+     "registration": {"homography": [9 numbers, row-major, H[2][2] = 1] | null (identity: no warp)},
      "checkpoint": {...}, "engine": {...},      # replay only, as `mafs eval`
      "thermal_normalization": str,              # recording only: the one A was computed with
      "read_error": str | null,                  # where reading stopped in a truncated / corrupt bag
@@ -99,6 +106,7 @@ from .imaging import ThermalNormalization, overlay
 from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8, mean_metrics
 from .ros.conversions import ImageConversionError, image_to_numpy, thermal_from_image, visible_from_image
 from .ros.pairing import ApproximateTimePairer, Pair
+from .ros.registration import IDENTITY_HOMOGRAPHY, parse_homography, warp_thermal_to_rgb
 
 if TYPE_CHECKING:
     from .engine import MafsEngine
@@ -142,6 +150,7 @@ class _Evaluation:
 
     Ground truth and predictions of a stamp may come in either order: a prediction is kept only for the stamps
     that have ground truth (`ground_truth_stamps`, read beforehand), a ground-truth image until its pair comes.
+    Pairs are numbered in the order they are added (the pair index): a looped bag repeats RGB stamps.
     """
 
     def __init__(self, normalization: ThermalNormalization, class_names: Sequence[str], palette: np.ndarray,
@@ -153,12 +162,12 @@ class _Evaluation:
         self.sample_indices = sample_indices
         self.records: list[_PairRecord] = []
         self.skipped: Counter = Counter()
-        self.samples: dict[int, SheetRow] = {}  # RGB stamp -> contact-sheet row
+        self.samples: dict[int, SheetRow] = {}  # pair index -> contact-sheet row
         self.labels_read = 0
         self.labels_scored = 0
         self._matrix = ConfusionMatrix(len(self.class_names), ignore_index=IGNORE_LABEL)
         self._pending_truth: dict[int, np.ndarray] = {}
-        self._pending_predictions: dict[int, np.ndarray] = {}
+        self._pending_predictions: dict[int, tuple[np.ndarray, int]] = {}  # RGB stamp -> (labels, pair index)
 
     def skip(self, reason: str, message: str) -> None:
         """Count a frame or pair left out under `reason`; log the first few of each reason."""
@@ -183,16 +192,17 @@ class _Evaluation:
         ir = thermal_u8(self.normalization, thermal)
         values = fusion_metrics(ir, luma_u8(rgb), luma_u8(fused_rgb))
         self.records.append(_PairRecord(rgb_stamp, thermal_stamp, skew, dict(timings), values, end_to_end_ms))
-        if len(self.records) - 1 in self.sample_indices:
-            self.samples[rgb_stamp] = SheetRow(
+        index = len(self.records) - 1
+        if index in self.sample_indices:
+            self.samples[index] = SheetRow(
                 stem=_stamp_text(rgb_stamp), ir=ir, vi=np.asarray(rgb), fused=fused_rgb,
                 prediction=overlay(fused_rgb, labels, self.palette), ground_truth=None,
             )
         truth = self._pending_truth.pop(rgb_stamp, None)
         if truth is not None:
-            self._score(rgb_stamp, labels, truth)
+            self._score(rgb_stamp, labels, index, truth)
         elif rgb_stamp in self.ground_truth_stamps:
-            self._pending_predictions[rgb_stamp] = np.array(labels)
+            self._pending_predictions[rgb_stamp] = (np.array(labels), index)
 
     def add_ground_truth(self, stamp: int, msg: Any) -> None:
         """A ground-truth label image (mono8/8UC1/mono16/16UC1 class ids) for the RGB frame stamped `stamp`."""
@@ -204,21 +214,22 @@ class _Evaluation:
         except ImageConversionError as exc:
             self.skip(f"ground_truth_{exc.reason}", f"ground truth at {_stamp_text(stamp)}: {exc}")
             return
-        prediction = self._pending_predictions.pop(stamp, None)
-        if prediction is not None:
-            self._score(stamp, prediction, truth)
-        else:
+        pending = self._pending_predictions.pop(stamp, None)
+        if pending is None:
             self._pending_truth[stamp] = np.array(truth)
+        else:
+            prediction, index = pending
+            self._score(stamp, prediction, index, truth)
 
-    def _score(self, stamp: int, prediction: np.ndarray, truth: np.ndarray) -> None:
+    def _score(self, stamp: int, prediction: np.ndarray, index: int, truth: np.ndarray) -> None:
         try:
             self._matrix.update(prediction, truth)
         except ValueError as exc:  # another size, or class ids outside the model's classes
             self.skip("bad_ground_truth", f"ground truth at {_stamp_text(stamp)}: {exc}")
             return
         self.labels_scored += 1
-        if stamp in self.samples:
-            self.samples[stamp].ground_truth = overlay(self.samples[stamp].vi, truth, self.palette)
+        if index in self.samples:
+            self.samples[index].ground_truth = overlay(self.samples[index].vi, truth, self.palette)
 
     def segmentation(self) -> dict[str, Any] | None:
         """The report's "segmentation" entry, or None without any ground truth."""
@@ -354,6 +365,7 @@ def replay(
     slop_s: float = DEFAULT_SLOP_S,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     thermal_offset_s: float = DEFAULT_THERMAL_OFFSET_S,
+    homography: Sequence[float] = IDENTITY_HOMOGRAPHY,
     storage: str = "mcap",
     copy_inputs: bool = True,
     overwrite: bool = False,
@@ -363,8 +375,10 @@ def replay(
     out_dir/bag (`storage`: mcap or sqlite3), report.json, report.md and the plots; return the report.
 
     Topic names may be given with or without the leading slash. The RGB and thermal topics must be in the bag;
-    camera info and ground truth are used when present (a warning otherwise). `copy_inputs` also stores the
-    input topics in the output bag. `overwrite` replaces an existing out_dir/bag.
+    camera info and ground truth are used when present (a warning otherwise). `homography` (the node's
+    registration.homography: 9 numbers, row-major, thermal pixels -> RGB pixels) warps thermal into the RGB
+    image before fusion; with the identity, pairs whose sizes differ are skipped ("size_mismatch"). `copy_inputs`
+    also stores the input topics in the output bag. `overwrite` replaces an existing out_dir/bag.
     A bag that breaks partway (truncated, corrupt storage) is evaluated up to that point and the report's
     "read_error" says where reading stopped; single undecodable messages are skipped and counted.
     Raises ReplayError when nothing can be done, ValueError for bad parameters.
@@ -373,6 +387,7 @@ def replay(
     optional = {"camera info": bags.topic_name(camera_info_topic) if camera_info_topic else None,
                 "ground truth": bags.topic_name(labels_topic) if labels_topic else None}
     pairer = ApproximateTimePairer(slop_s=slop_s, queue_size=queue_size, thermal_offset_s=thermal_offset_s)
+    matrix = parse_homography(homography)
     if storage not in bags.STORAGES:
         raise ValueError(f"storage must be one of {tuple(bags.STORAGES)}, got {storage!r}")
     out_dir = Path(out_dir)
@@ -404,7 +419,7 @@ def replay(
         with BagWriter(output_bag, storage=storage) as writer:
             _declare_outputs(writer, reader, topics if copy_inputs else [])
             run = _ReplayRun(engine, writer, pairer, evaluation, rgb_topic, camera_info_topic, labels_topic,
-                             copy_inputs)
+                             copy_inputs, matrix)
             reading.run(run.handle, "replay")
             run.process(pairer.flush())
         wall_s = time.perf_counter() - start
@@ -421,6 +436,7 @@ def replay(
         "unmatched": {rgb_topic: stats.unmatched_rgb, thermal_topic: stats.unmatched_thermal},
         "pairing": {"slop_s": slop_s, "queue_size": queue_size, "thermal_offset_s": thermal_offset_s,
                     **stats.as_dict()},
+        "registration": _registration(matrix),
         "checkpoint": {
             "path": str(engine.checkpoint_path) if engine.checkpoint_path is not None else None,
             "trained": engine.checkpoint_trained,
@@ -432,6 +448,11 @@ def replay(
     }
     report.update(_summaries(evaluation, reading, wall_s))
     return _write_outputs(report, evaluation, out_dir, slop_ms=slop_s * 1e3)
+
+
+def _registration(homography: np.ndarray | None) -> dict[str, list[float] | None]:
+    """The report's "registration" entry: the homography applied (None: identity, no warp)."""
+    return {"homography": None if homography is None else homography.ravel().tolist()}
 
 
 def _declare_outputs(writer: BagWriter, reader: BagReader, input_topics: Sequence[str]) -> None:
@@ -450,7 +471,7 @@ class _ReplayRun:
 
     def __init__(self, engine: "MafsEngine", writer: BagWriter, pairer: ApproximateTimePairer,
                  evaluation: _Evaluation, rgb_topic: str, camera_info_topic: str | None, labels_topic: str | None,
-                 copy_inputs: bool) -> None:
+                 copy_inputs: bool, homography: np.ndarray | None) -> None:
         self.engine = engine
         self.writer = writer
         self.pairer = pairer
@@ -459,6 +480,7 @@ class _ReplayRun:
         self.camera_info_topic = camera_info_topic
         self.labels_topic = labels_topic
         self.copy_inputs = copy_inputs
+        self.homography = homography
         self.pairs_made = 0
         self._camera_info: Any = None
         self._info_written = False
@@ -498,9 +520,12 @@ class _ReplayRun:
         rgb_msg, thermal_msg = pair.rgb.msg, pair.thermal.msg
         rgb, thermal = pair.rgb.image, pair.thermal.image
         where = f"pair at {_stamp_text(pair.rgb_stamp_ns)}"
-        if thermal.shape[:2] != rgb.shape[:2]:
+        if self.homography is not None:
+            thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
+        elif thermal.shape[:2] != rgb.shape[:2]:
             self.evaluation.skip("size_mismatch", f"{where}: thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB "
-                                 f"{rgb.shape[1]}x{rgb.shape[0]} differ (register them before recording)")
+                                 f"{rgb.shape[1]}x{rgb.shape[0]} differ; give the homography (thermal -> RGB "
+                                 "pixels) to register them")
             return
         try:
             result = self.engine.infer(rgb, thermal, want_confidence=False, want_overlay=True)
@@ -508,7 +533,8 @@ class _ReplayRun:
             self.evaluation.skip("inference_error", f"{where}: {type(exc).__name__}: {exc}")
             return
 
-        header, t = rgb_msg.header, pair.rgb.receive_ns
+        # The node cannot publish before the later frame of the pair has arrived.
+        header, t = rgb_msg.header, max(pair.rgb.receive_ns, pair.thermal.receive_ns)
         fused = bags.image_message(result.fused_rgb, "rgb8", header)
         labels = bags.image_message(result.labels, "mono8", header)
         self.writer.write(FUSED_TOPIC, t, fused)
@@ -554,6 +580,7 @@ def report_from_recording(
     info_topic: str = INFO_TOPIC,
     thermal_normalization: "str | ThermalNormalization | None" = None,
     thermal_offset_s: float = DEFAULT_THERMAL_OFFSET_S,
+    homography: Sequence[float] = IDENTITY_HOMOGRAPHY,
     contact_sheet_count: int = 4,
 ) -> dict[str, Any]:
     """The replay report of a recorded live run: a bag with the node's input topics and its /mafs/result.
@@ -565,13 +592,17 @@ def report_from_recording(
     preprocess/inference/postprocess times; end_to_end_ms is result receive time - RGB stamp (meaningful when
     the recorder and the node share a clock, e.g. sim time during `ros2 bag play --clock`). Class names come
     from a recorded /segmentation/info, else the 9 MFNet classes. `thermal_offset_s` (the node's
-    sync.thermal_offset_s) only enters the skew statistics.
+    sync.thermal_offset_s) only enters the skew statistics. `homography` (the node's registration.homography)
+    warps the recorded thermal frames into the RGB image as the node did, so that A is what it fused; with the
+    identity, results whose thermal input has another size than the RGB one are skipped ("size_mismatch").
     Writes report.json, report.md and the plots into out_dir and returns the report. Raises ReplayError when
-    nothing can be done. A bag that breaks partway is evaluated up to that point ("read_error").
+    nothing can be done, ValueError for bad parameters. A bag that breaks partway is evaluated up to that point
+    ("read_error").
     """
     rgb_topic, thermal_topic = bags.topic_name(rgb_topic), bags.topic_name(thermal_topic)
     result_topic, info_topic = bags.topic_name(result_topic), bags.topic_name(info_topic)
     normalization = ThermalNormalization.from_spec(thermal_normalization or "fixed")
+    matrix = parse_homography(homography)
     out_dir = Path(out_dir)
 
     reader, present = _open(bag, [rgb_topic, thermal_topic, result_topic],
@@ -598,7 +629,7 @@ def report_from_recording(
         topics = [t for t in (rgb_topic, thermal_topic, labels_topic, result_topic) if t is not None]
         reading = _Reading(reader, topics)
         run = _RecordingRun(wanted, evaluation, rgb_topic, thermal_topic, labels_topic, result_topic,
-                            round(thermal_offset_s * 1e9))
+                            round(thermal_offset_s * 1e9), matrix)
         reading.run(run.handle, "recording")
         run.finish()
 
@@ -612,6 +643,7 @@ def report_from_recording(
         "pairs_made": reading.frames_read[result_topic],
         "unmatched": run.unmatched,
         "thermal_normalization": str(normalization),
+        "registration": _registration(matrix),
         "read_error": reading.error,
     }
     report.update(_summaries(evaluation, reading, wall_s=None))
@@ -631,13 +663,15 @@ class _RecordingRun:
     whose inputs have not come yet, until all three of a pair are there."""
 
     def __init__(self, wanted: dict[int, int], evaluation: _Evaluation, rgb_topic: str, thermal_topic: str,
-                 labels_topic: str | None, result_topic: str, thermal_offset_ns: int) -> None:
+                 labels_topic: str | None, result_topic: str, thermal_offset_ns: int,
+                 homography: np.ndarray | None) -> None:
         self.wanted = wanted
         self.wanted_thermal = {thermal: rgb for rgb, thermal in wanted.items()}
         self.evaluation = evaluation
         self.rgb_topic, self.thermal_topic = rgb_topic, thermal_topic
         self.labels_topic, self.result_topic = labels_topic, result_topic
         self.thermal_offset_ns = thermal_offset_ns
+        self.homography = homography
         self.unmatched = {rgb_topic: 0, thermal_topic: 0}
         self._rgb: dict[int, Any] = {}
         self._thermal: dict[int, Any] = {}
@@ -688,9 +722,12 @@ class _RecordingRun:
         except ImageConversionError as exc:
             self.evaluation.skip(exc.reason, f"{where}: {exc}")
             return
+        if self.homography is not None:
+            thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
         if labels.ndim != 2 or len({rgb.shape[:2], thermal.shape[:2], fused.shape[:2], labels.shape}) != 1:
             self.evaluation.skip("size_mismatch", f"{where}: RGB {rgb.shape}, thermal {thermal.shape}, fused "
-                                 f"{fused.shape}, labels {labels.shape} (registered thermal cannot be scored)")
+                                 f"{fused.shape}, labels {labels.shape} (registered thermal: give the node's "
+                                 "homography)")
             return
         timings = {"preprocess_ms": float(result.preprocess_ms), "inference_ms": float(result.inference_ms),
                    "postprocess_ms": float(result.postprocess_ms)}
@@ -721,7 +758,10 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
 def _summaries(evaluation: _Evaluation, reading: _Reading, wall_s: float | None) -> dict[str, Any]:
     """The report entries computed from the evaluated pairs (shared by both modes; wall_s None: a recording)."""
     records = evaluation.records
-    per_frame = {_stamp_text(r.rgb_stamp_ns): r.metrics for r in records}
+    per_frame = [{"index": i, "rgb_stamp": _stamp_text(r.rgb_stamp_ns), "metrics": r.metrics}
+                 for i, r in enumerate(records)]
+    # Keyed by pair index, not stamp: a looped bag repeats stamps, and every pair counts in the mean.
+    mean = mean_metrics({str(i): r.metrics for i, r in enumerate(records)})["mean"] if records else None
     skews_ms = [r.skew_ns / 1e6 for r in records]
     abs_skew = _stats([abs(s) for s in skews_ms])
     duration_s = reading.duration_s
@@ -745,7 +785,7 @@ def _summaries(evaluation: _Evaluation, reading: _Reading, wall_s: float | None)
                        for name in ("preprocess_ms", "inference_ms", "postprocess_ms")},
         },
         "throughput": throughput,
-        "fusion": {"mean": mean_metrics(per_frame)["mean"] if per_frame else None, "per_frame": per_frame},
+        "fusion": {"mean": mean, "per_frame": per_frame},
         "frames": [
             {"rgb_stamp_ns": r.rgb_stamp_ns, "thermal_stamp_ns": r.thermal_stamp_ns, "skew_ms": r.skew_ns / 1e6,
              "latency_ms": r.latency_ms, **({"end_to_end_ms": r.end_to_end_ms} if r.end_to_end_ms is not None else {})}
@@ -764,7 +804,7 @@ def _write_outputs(report: dict[str, Any], evaluation: _Evaluation, out_dir: Pat
     """Plots, contact sheet, report.md and report.json into out_dir; returns the JSON-ready report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = _write_plots(out_dir, evaluation.records, slop_ms)
-    rows = [evaluation.samples[stamp] for stamp in sorted(evaluation.samples)]
+    rows = [evaluation.samples[index] for index in sorted(evaluation.samples)]
     if rows:
         title = f"MAFS {report['mode']}: {Path(report['bag']).name}, {report['pairs_fused']} pair(s)"
         write_contact_sheet(out_dir / "contact_sheet.png", rows, title)
@@ -840,6 +880,9 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Pairing: slop {pairing['slop_s']} s, queue size {pairing['queue_size']}, thermal offset "
                      f"{pairing['thermal_offset_s']} s (resets {pairing['resets']}, evicted "
                      f"{pairing['evicted_rgb']} RGB / {pairing['evicted_thermal']} thermal)")
+    if report["registration"]["homography"] is not None:
+        lines.append(f"- Registration: thermal warped into the RGB image with the homography "
+                     f"{report['registration']['homography']}")
     if report["read_error"]:
         lines += ["", f"**Reading stopped early:** {report['read_error']}"]
 
@@ -877,9 +920,10 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [
             format_table(["set", "pairs", *FUSION_METRIC_NAMES],
                          [["mean", str(len(fusion["per_frame"])), *format_metrics(fusion["mean"])]], markdown=True),
-            "", "### Per pair (RGB stamp)", "",
-            format_table(["stamp", *FUSION_METRIC_NAMES],
-                         [[stamp, *format_metrics(values)] for stamp, values in fusion["per_frame"].items()],
+            "", "### Per pair", "",
+            format_table(["pair", "RGB stamp", *FUSION_METRIC_NAMES],
+                         [[str(entry["index"]), entry["rgb_stamp"], *format_metrics(entry["metrics"])]
+                          for entry in fusion["per_frame"]],
                          markdown=True),
         ]
     seg = report.get("segmentation")

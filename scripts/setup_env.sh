@@ -51,6 +51,11 @@ hash_files() {  # hash of the names and contents of the given files (missing fil
   done | sha256sum | cut -d' ' -f1
 }
 stamp_ok() { [[ "$FORCE" != 1 && -f "$1" && "$(cat "$1")" == "$2" ]]; }
+have() {  # true if any of the given commands is on PATH
+  local c
+  for c in "$@"; do command -v "$c" >/dev/null 2>&1 && return 0; done
+  return 1
+}
 
 # One setup at a time per checkout (make -j, parallel test runs).
 if command -v flock >/dev/null 2>&1; then
@@ -142,8 +147,16 @@ msg_ok=1
 stamp_ok "$MSG_STAMP" "$env_key|$src_key" || msg_ok=0
 [[ -f "$INSTALL_DIR/$PY_INSTALL_REL/mafs_ros/msg/__init__.py" ]] || msg_ok=0
 if [[ "$msg_ok" == 0 ]]; then
-  command -v cmake >/dev/null 2>&1 || die "cmake not found (apt-get install cmake g++)"
-  command -v c++ >/dev/null 2>&1 || die "no C++ compiler found (apt-get install g++)"
+  # project() in CMakeLists.txt needs a C and a C++ compiler besides cmake; name everything missing at once.
+  missing=()
+  have cmake || missing+=("cmake")
+  have cc gcc clang || missing+=("a C compiler")
+  have c++ g++ clang++ || missing+=("a C++ compiler")
+  if (( ${#missing[@]} )); then
+    missing_list="$(printf '%s, ' "${missing[@]}")"
+    die "building the ROS messages needs cmake and a C/C++ compiler; not found: ${missing_list%, }. Install them" \
+        "(Debian/Ubuntu: sudo apt-get install cmake g++), then run make setup again"
+  fi
   if ! stamp_ok "$ENV_STAMP" "$env_key"; then
     # New environment (or first build): start from scratch, the CMake cache holds absolute venv paths.
     rm -rf "$BUILD_DIR" "$INSTALL_DIR"

@@ -1,10 +1,11 @@
-"""mafs_ros.bags: type store with our messages, reading (both storages, bare files, Humble-era bags, truncated
-MCAP), writing, and `write_pairs_bag` (stamps, receive order, pixels)."""
+"""mafs_ros.bags: type store with our messages, reading (both storages, bare files, rosbag2 metadata versions 4 to 9,
+truncated MCAP), writing, and `write_pairs_bag` (stamps, receive order, pixels)."""
 
 import json
 import os
 import shutil
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -142,69 +143,117 @@ def test_bare_storage_file_reads_like_its_directory(tmp_path, storage, suffix):
     assert [t for t, _ in from_dir[RGB]] == [t for t, _ in from_file[RGB]]
 
 
-def test_reads_a_humble_sqlite3_bag(tmp_path):
-    """Humble: sqlite schema 3 without message definitions, metadata version 5 with QoS as a YAML string."""
-    written = bags.write_pairs_bag(tmp_path / "src", small_pairs()[:3], storage="sqlite3", labels_topic=None)
-    humble = tmp_path / "humble"
-    humble.mkdir()
-    source = sqlite3.connect(tmp_path / "src" / "src.db3")
-    target = sqlite3.connect(humble / "humble_0.db3")
-    target.executescript("""
-        CREATE TABLE schema(schema_version INTEGER PRIMARY KEY, ros_distro TEXT NOT NULL);
-        INSERT INTO schema VALUES (3, 'humble');
+# The QoS write_pairs_bag gives the camera topics (best effort, depth 5, durations unset) as rosbag2 serializes it:
+# a YAML string with enum numbers up to metadata version 8, a YAML list with enum names from version 9 (Jazzy) on.
+QOS_NUMBERS = ("- history: 1\n  depth: 5\n  reliability: 2\n  durability: 2\n  deadline:\n    sec: 0\n    nsec: 0\n"
+               "  lifespan:\n    sec: 0\n    nsec: 0\n  liveliness: 1\n  liveliness_lease_duration:\n    sec: 0\n"
+               "    nsec: 0\n  avoid_ros_namespace_conventions: false")
+QOS_NAMES = (QOS_NUMBERS.replace("history: 1", "history: keep_last")
+             .replace("reliability: 2", "reliability: best_effort").replace("durability: 2", "durability: volatile")
+             .replace("liveliness: 1", "liveliness: automatic"))
+
+
+def rosbag2_metadata(version: int, storage: str, file_name: str, written: bags.WrittenBag) -> str:
+    """metadata.yaml as rosbag2 writes it in metadata `version` (the fields each version has: rosbag2_storage's
+    yaml.hpp): 4 relative_file_paths and QoS, 5 files, 6 custom_data, 7 type_description_hash, 8 ros_distro, 9 QoS
+    as a YAML list with enum names."""
+    qos = "\n" + textwrap.indent(QOS_NAMES, " " * 10) if version >= 9 else " " + json.dumps(QOS_NUMBERS)
+    type_hash = f"\n        type_description_hash: {bags.typestore().hash_rihs01(bags.IMAGE_TYPE)}"
+    topics = "".join(
+        f"""
+    - topic_metadata:
+        name: {topic}
+        type: {bags.IMAGE_TYPE}
+        serialization_format: cdr
+        offered_qos_profiles:{qos}{type_hash if version >= 7 else ""}
+      message_count: {len(stamps)}"""
+        for topic, stamps in ((RGB, written.rgb_stamps_ns), (THERMAL, written.thermal_stamps_ns))
+    )
+    start = min(written.rgb_stamps_ns + written.thermal_stamps_ns)
+    duration = max(written.rgb_stamps_ns + written.thermal_stamps_ns) - start
+    count = len(written.rgb_stamps_ns) + len(written.thermal_stamps_ns)
+    text = f"""rosbag2_bagfile_information:
+  version: {version}
+  storage_identifier: {storage}
+  duration:
+    nanoseconds: {duration}
+  starting_time:
+    nanoseconds_since_epoch: {start}
+  message_count: {count}
+  topics_with_message_count:{topics}
+  compression_format: ""
+  compression_mode: ""
+  relative_file_paths:
+    - {file_name}
+"""
+    if version >= 5:
+        text += f"""  files:
+    - path: {file_name}
+      starting_time:
+        nanoseconds_since_epoch: {start}
+      duration:
+        nanoseconds: {duration}
+      message_count: {count}
+"""
+    if version >= 6:
+        text += "  custom_data: ~\n"
+    if version >= 8:
+        text += f"  ros_distro: {'jazzy' if version >= 9 else 'iron'}\n"
+    return text
+
+
+def pre_iron_db3(source: Path, target: Path, distro: str | None) -> None:
+    """The messages of a rosbags-written db3 in the layout of rosbag2 before Iron: no message definitions, no type
+    hashes, QoS as a YAML string; a schema table of version 3 naming `distro`, or none at all (None: Foxy and
+    Galactic)."""
+    db = sqlite3.connect(target)
+    if distro is not None:
+        db.executescript(f"""
+            CREATE TABLE schema(schema_version INTEGER PRIMARY KEY, ros_distro TEXT NOT NULL);
+            INSERT INTO schema VALUES (3, '{distro}');
+        """)
+    db.executescript("""
         CREATE TABLE topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL,
                             serialization_format TEXT NOT NULL, offered_qos_profiles TEXT NOT NULL);
         CREATE TABLE messages(id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, timestamp INTEGER NOT NULL,
                               data BLOB NOT NULL);
     """)
-    # The same QoS text in the topics table and metadata.yaml, as Humble writes it.
-    qos = ("- history: 3\n  depth: 0\n  reliability: 2\n  durability: 2\n  deadline:\n    sec: 2147483647\n"
-           "    nsec: 4294967295\n  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n  liveliness: 1\n"
-           "  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n"
-           "  avoid_ros_namespace_conventions: false")
-    target.executemany("INSERT INTO topics VALUES (?, ?, ?, 'cdr', ?)",
-                       [(*row, qos) for row in source.execute("SELECT id, name, type FROM topics")])
-    target.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
-                       source.execute("SELECT id, topic_id, timestamp, data FROM messages").fetchall())
-    target.commit()
-    target.close()
-    source.close()
-    yaml_qos = json.dumps(qos)  # a double-quoted YAML scalar
-    topics = "".join(
-        f"""
-    - topic_metadata:
-        name: {topic}
-        type: sensor_msgs/msg/Image
-        serialization_format: cdr
-        offered_qos_profiles: {yaml_qos}
-      message_count: 3"""
-        for topic in (RGB, THERMAL)
-    )
-    start = min(written.rgb_stamps_ns + written.thermal_stamps_ns)
-    (humble / "metadata.yaml").write_text(f"""rosbag2_bagfile_information:
-  version: 5
-  storage_identifier: sqlite3
-  duration:
-    nanoseconds: 300000000
-  starting_time:
-    nanoseconds_since_epoch: {start}
-  message_count: 6
-  topics_with_message_count:{topics}
-  compression_format: ""
-  compression_mode: ""
-  relative_file_paths:
-    - humble_0.db3
-  files:
-    - path: humble_0.db3
-      starting_time:
-        nanoseconds_since_epoch: {start}
-      duration:
-        nanoseconds: 300000000
-      message_count: 6
-""")
-    got = read_topics(humble, [RGB, THERMAL])
+    src = sqlite3.connect(source)
+    db.executemany("INSERT INTO topics VALUES (?, ?, ?, 'cdr', ?)",
+                   [(*row, QOS_NUMBERS) for row in src.execute("SELECT id, name, type FROM topics")])
+    db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                   src.execute("SELECT id, topic_id, timestamp, data FROM messages").fetchall())
+    db.commit()
+    db.close()
+    src.close()
+
+
+# 4: Foxy, Galactic; 5: Humble; 6, 7: Rolling between Humble and Iron; 8: Iron; 9: Jazzy, Kilted.
+@pytest.mark.parametrize("version, storage", [*((v, "sqlite3") for v in range(4, 10)), (8, "mcap")])
+def test_reads_every_rosbag2_metadata_version(tmp_path, version, storage):
+    written = bags.write_pairs_bag(tmp_path / "src", small_pairs()[:2], storage=storage, labels_topic=None)
+    bag = tmp_path / f"v{version}"
+    bag.mkdir()
+    suffix = ".db3" if storage == "sqlite3" else ".mcap"
+    source, file_name = tmp_path / "src" / f"src{suffix}", f"v{version}_0{suffix}"
+    if storage == "sqlite3" and version < 7:
+        pre_iron_db3(source, bag / file_name, distro={4: None, 5: "humble", 6: "rolling"}[version])
+    else:
+        shutil.copy(source, bag / file_name)
+        if storage == "sqlite3":  # the topics table holds the QoS text that metadata.yaml has
+            db = sqlite3.connect(bag / file_name)
+            db.execute("UPDATE topics SET offered_qos_profiles = ?", (QOS_NAMES if version >= 9 else QOS_NUMBERS,))
+            db.commit()
+            db.close()
+    (bag / "metadata.yaml").write_text(rosbag2_metadata(version, storage, file_name, written))
+
+    with bags.BagReader(bag) as reader:
+        assert not reader.recovered  # opened through metadata.yaml, not by the front-to-back scan
+        assert reader.topics == {RGB: bags.TopicInfo(bags.IMAGE_TYPE, 2), THERMAL: bags.TopicInfo(bags.IMAGE_TYPE, 2)}
+        assert reader.offered_qos(RGB) == [bags.qos_profile(reliable=False, depth=5)]
+    got = read_topics(bag, [RGB, THERMAL])
     assert [bags.stamp_ns(m.header) for _, m in got[RGB]] == written.rgb_stamps_ns
-    assert np.array_equal(image_to_numpy(got[THERMAL][2][1]), small_pairs()[2][1])
+    assert np.array_equal(image_to_numpy(got[THERMAL][1][1]), small_pairs()[1][1])
 
 
 def test_truncated_mcap_is_read_up_to_the_last_complete_record(tmp_path):

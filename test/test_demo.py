@@ -9,6 +9,7 @@ from ros_harness import DOMAIN_ID
 
 from mafs_ros import bags
 from mafs_ros.cli import main
+from mafs_ros.demo import _print_summary
 
 
 @pytest.fixture
@@ -42,3 +43,38 @@ def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolat
         assert (out / name).is_file()
     printed = capsys.readouterr().out
     assert "pairs fused:" in printed and "mean fusion metrics:" in printed and "latency:" in printed
+
+
+def test_summary_of_a_run_without_scored_pairs(tmp_path, capsys):
+    """Results came, but none could be scored (fusion mean null, no plots, no contact sheet): no crash, and the
+    summary names only the files written."""
+    report = {
+        "fusion": {"mean": None, "per_frame": []}, "latency_ms": {"p50": None, "p95": None},
+        "end_to_end_ms": {"p50": None}, "frames_read": {bags.RGB_TOPIC: 3}, "pairs_fused": 0,
+        "unmatched": {bags.RGB_TOPIC: 1, bags.THERMAL_TOPIC: 1}, "files": ["report.json", "report.md"],
+    }
+    _print_summary(report, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (f"wrote {tmp_path}/report.md, report.json, fused/ and overlay/ PNGs, recording/ (rosbag2: "
+                        "inputs + node outputs), node.log")
+    assert lines[2:] == [
+        "pairs fused: 0 of 3 RGB frames (dropped while the model was busy or unmatched: 2 frames)",
+        "mean fusion metrics: n/a (no pair scored)",
+        "latency: processing (preprocess + inference + postprocess) p50 n/a, p95 n/a; end to end p50 n/a",
+    ]
+
+
+def test_summary_names_the_plots_and_contact_sheet_when_written(tmp_path, capsys):
+    report = {
+        "fusion": {"mean": {"EN": 6.5, "SSIM": 0.71}}, "latency_ms": {"p50": 410.2, "p95": 480.9},
+        "end_to_end_ms": {"p50": 530.0}, "frames_read": {bags.RGB_TOPIC: 3}, "pairs_fused": 2,
+        "unmatched": {bags.RGB_TOPIC: 1, bags.THERMAL_TOPIC: 0},
+        "files": ["report.json", "report.md", "metrics_over_time.png", "latency_hist.png", "skew_hist.png",
+                  "contact_sheet.png"],
+    }
+    _print_summary(report, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"wrote {tmp_path}/report.md, report.json, plots, contact sheet, fused/")
+    assert lines[3] == "mean fusion metrics: EN 6.500  SSIM 0.710"
+    assert lines[4] == ("latency: processing (preprocess + inference + postprocess) p50 410 ms, p95 481 ms; "
+                        "end to end p50 530 ms")

@@ -11,11 +11,14 @@ import ast
 import importlib.util
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mafs_ros import bags
+from mafs_ros.cli import build_parser
 from mafs_ros.ros import node as node_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,7 +245,9 @@ def test_replay_plays_with_clock_and_records_inputs_and_scored_outputs_in_sim_ti
     arguments = {first_argument(tree, e) for e in recorded.elts if isinstance(e, ast.Call)}
     assert len(topics) + len(arguments) == len(recorded.elts), "only literals and LaunchConfigurations"
     assert SCORED_OUTPUTS <= {topic.lstrip("/") for topic in topics}
-    assert topics <= NODE_TOPICS | {node_module.DIAGNOSTICS_TOPIC}
+    # The bag's ground truth, under the name `mafs replay --from-recording` reads by default: mIoU of a live run.
+    assert bags.GROUND_TRUTH_TOPIC in topics
+    assert topics <= NODE_TOPICS | {node_module.DIAGNOSTICS_TOPIC, bags.GROUND_TRUTH_TOPIC}
     # The inputs are recorded under the names the node subscribes to: its input topic arguments.
     assert arguments == set(INPUT_ARGUMENTS.values())
     assert calls(tree, "expand_topic_name"), "relative names must be resolved in the node's namespace"
@@ -281,6 +286,43 @@ def test_files_named_by_the_launch_files_exist_and_are_installed():
         assert pattern in cmake and pattern in setup, f"{pattern} must be installed by CMakeLists.txt and setup.py"
     installed = {path.relative_to(REPO) for pattern in patterns for path in REPO.glob(pattern)}
     assert named | {Path("launch") / name for name in LAUNCH_FILES} <= installed
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The words of every line of `text` that starts with `ros2` or `mafs`, continuation lines (ending in a
+    backslash) joined and comments dropped."""
+    commands, pending = [], ""
+    for line in text.splitlines():
+        line = pending + line.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1]
+        elif line.startswith(("ros2 ", "mafs ")):
+            commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+@pytest.mark.parametrize("text", [
+    (LAUNCH_DIR / "README.md").read_text(encoding="utf-8"),
+    ast.get_docstring(parse(REPLAY_LAUNCH)),
+], ids=["launch/README.md", REPLAY_LAUNCH])
+def test_documented_reports_of_recordings_read_what_was_recorded(text):
+    """Each documented `mafs replay --from-recording` parses, has --out, and names the topics the replay launch
+    before it recorded (the node's default inputs unless remapped)."""
+    checked = 0
+    record: dict[str, str] = {}
+    for words in shell_commands(text):
+        if words[:4] == ["ros2", "launch", "mafs_ros", REPLAY_LAUNCH] and "record:=true" in words:
+            record = dict(word.split(":=", 1) for word in words[4:])
+        elif words[:3] == ["mafs", "replay", "--from-recording"]:
+            args = build_parser().parse_args(words[1:])
+            assert args.out is not None, " ".join(words)
+            assert args.from_recording == Path(record["record_path"]), " ".join(words)
+            for argument, default in (("rgb_topic", node_module.RGB_TOPIC),
+                                      ("thermal_topic", node_module.THERMAL_TOPIC)):
+                assert bags.topic_name(getattr(args, argument)) == bags.topic_name(record.get(argument, default))
+            checked += 1
+    assert checked >= 1
 
 
 def test_readme_documents_every_launch_argument():

@@ -324,6 +324,8 @@ def test_parameters_from_yaml_file(ros, tmp_path):
     ({"registration.homography": [1.0, 0.0]}, "homography"),
     ({"sync.slop_s": -1.0}, "sync.slop_s"),
     ({"qos.input.reliability": "sometimes"}, "qos.input.reliability"),
+    ({"sync.slop_s": 1}, "sync.slop_s"),  # an integer where a double is declared: rclpy refuses the type
+    ({"registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]}, "registration.homography"),
 ])
 def test_bad_parameters_are_startup_errors(ros, params, message):
     if "message_filters" in params.values() and importlib.util.find_spec("message_filters") is not None:
@@ -331,6 +333,116 @@ def test_bad_parameters_are_startup_errors(ros, params, message):
     with pytest.raises(StartupError, match=message.replace(".", r"\.")):
         MafsNode(engine=stand_in_engine(), context=ros.context,
                  parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def test_parameter_services_and_diagnostics_answer_while_the_model_runs(ros):
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    node = start_node(ros, engine=SlowEngine(stand_in_engine(), 2.0), diagnostics_period_s=0.2)
+    get_client = ros.node.create_client(GetParameters, "/mafs/get_parameters")
+    set_client = ros.node.create_client(SetParameters, "/mafs/set_parameters")
+    assert get_client.wait_for_service(timeout_sec=10) and set_client.wait_for_service(timeout_sec=10)
+    (rgb, thermal), = sample_pairs(count=1)
+    publish_pair(ros, rgb, thermal, T0, T0)
+    assert ros.wait_for(lambda: node.counters()["pairing"]["matched"] == 1)
+    time.sleep(0.1)  # the worker is now inside the 2 s forward pass
+    diagnostics_before = len(ros.messages("/diagnostics"))
+    start = time.monotonic()
+    got = get_client.call_async(GetParameters.Request(names=["sync.slop_s"]))
+    alpha = Parameter("overlay_alpha", value=0.3).to_parameter_msg()
+    set_done = set_client.call_async(SetParameters.Request(parameters=[alpha]))
+    assert ros.wait_for(lambda: got.done() and set_done.done(), 1.0)
+    assert time.monotonic() - start < 1.0
+    assert got.result().values[0].double_value == 0.05 and set_done.result().results[0].successful
+    assert ros.wait_for(lambda: len(ros.messages("/diagnostics")) >= diagnostics_before + 3, 1.0)
+    assert node.counters()["published"] == 0  # all of it happened during the forward pass
+    assert ros.wait_for(lambda: len(results(ros)) == 1, 5)
+
+
+def test_overlay_and_fused_are_skipped_without_subscribers():
+    class Recording(SlowEngine):
+        overlay_requests: list = []
+
+        def infer(self, *args, **kwargs):
+            Recording.overlay_requests.append(kwargs["want_overlay"])
+            return self._engine.infer(*args, **kwargs)
+
+    harness = RosHarness()  # subscribes to the result only
+    try:
+        harness.subscribe(FusedSegmentation, "mafs/result")
+        node = start_node(harness, engine=Recording(stand_in_engine(), 0.0))
+        (rgb, thermal), = sample_pairs(count=1)
+        publish_pair(harness, rgb, thermal, T0, T0)
+        assert harness.wait_for(lambda: len(harness.messages("mafs/result")) == 1)
+        assert Recording.overlay_requests == [False]
+        assert node._fused_pub.get_subscription_count() == 0
+        assert harness.messages("mafs/result")[0].fused.width == rgb.shape[1]  # still in the result message
+    finally:
+        harness.close()
+
+
+def test_throttled_errors_are_kept_apart_per_topic(ros):
+    node = start_node(ros)
+    logged = []
+
+    class Logger:
+        def error(self, message):
+            logged.append(message)
+
+    node.get_logger = lambda: Logger()
+    (rgb, thermal), = sample_pairs(count=1)
+    for _ in range(3):
+        for topic, array in (("rgb/image", rgb), ("thermal/image", thermal)):
+            msg = image_msg(array, "rgb8" if array.ndim == 3 else "mono8", T0, "camera")
+            msg.encoding = "yuv422"
+            node._accept(topic, msg)
+    assert node.counters()["rejected"]["unsupported_encoding"] == 6
+    assert len(logged) == 2  # one per topic within the throttle period
+    assert any("/rgb/image" in m and "yuv422" in m for m in logged)
+    assert any("/thermal/image" in m and "yuv422" in m for m in logged)
+
+
+def test_message_filters_backend_pairs_and_counts(ros, monkeypatch):
+    # message_filters is not on PyPI: a minimal stand-in with its API (Subscriber, ApproximateTimeSynchronizer)
+    # checks the node's side of the wiring.
+    import types
+
+    fake = types.ModuleType("message_filters")
+
+    class Subscriber:
+        def __init__(self, node, msg_type, topic, qos_profile=None, **kwargs):
+            self.callbacks = []
+            node.create_subscription(msg_type, topic, lambda m: [c(m) for c in self.callbacks], qos_profile, **kwargs)
+
+    class ApproximateTimeSynchronizer:
+        def __init__(self, subscribers, queue_size, slop):
+            self.latest, self.callbacks, self.slop = [None, None], [], slop
+            for index, subscriber in enumerate(subscribers):
+                subscriber.callbacks.append(lambda m, i=index: self._add(i, m))
+
+        def registerCallback(self, callback):  # noqa: N802 - message_filters' name
+            self.callbacks.append(callback)
+
+        def _add(self, index, msg):
+            self.latest[index] = msg
+            if None not in self.latest and abs(stamp_ns(self.latest[0].header.stamp)
+                                               - stamp_ns(self.latest[1].header.stamp)) <= self.slop * 1e9:
+                pair, self.latest = self.latest, [None, None]
+                for callback in self.callbacks:
+                    callback(*pair)
+
+    fake.Subscriber, fake.ApproximateTimeSynchronizer = Subscriber, ApproximateTimeSynchronizer
+    monkeypatch.setitem(sys.modules, "message_filters", fake)
+    node = start_node(ros, **{"sync.backend": "message_filters"})
+    (rgb, thermal), = sample_pairs(count=1)
+    for i in range(2):
+        publish_pair(ros, rgb, thermal, T0 + i * 200 * MS, T0 + i * 200 * MS + 3 * MS)
+        assert ros.wait_for(lambda n=i + 1: len(results(ros)) == n)
+    counters = node.counters()
+    assert counters["pairing"]["matched"] == 2 and counters["published"] == 2
+    assert counters["pairing"]["skew_ms_signed_mean"] == pytest.approx(3.0)
+    refused = node.set_parameters([Parameter("sync.slop_s", value=0.1)])[0]
+    assert not refused.successful and "message_filters" in refused.reason
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,7 +460,8 @@ def run_node(*ros_args: str) -> subprocess.Popen:
     )
 
 
-def test_executable_fuses_a_pair_and_exits_cleanly_on_sigterm(ros):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_executable_fuses_a_pair_and_exits_cleanly_on_signal(ros, signum):
     proc = run_node("-p", "warmup:=0", "-p", "device:=cpu")
     try:
         # the latched info message proves the node is up and discovered before the first pair is sent
@@ -360,7 +473,7 @@ def test_executable_fuses_a_pair_and_exits_cleanly_on_sigterm(ros):
             proc.terminate()
             pytest.fail(f"the node published no result; its output:\n{proc.communicate(timeout=10)[0]}")
         start = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         output, _ = proc.communicate(timeout=10)
         assert time.monotonic() - start < 5.0
         assert proc.returncode == 0, output
@@ -372,6 +485,7 @@ def test_executable_fuses_a_pair_and_exits_cleanly_on_sigterm(ros):
 @pytest.mark.parametrize("ros_args, expected", [
     (("-p", "checkpoint:=/nonexistent/model.safetensors"), "/nonexistent/model.safetensors"),
     (("-p", "device:=cuda"), "CUDA is not available"),
+    (("-p", "sync.slop_s:=1"), "sync.slop_s"),
 ])
 def test_executable_refuses_bad_checkpoint_and_device(ros_args, expected):
     if "cuda" in " ".join(ros_args):

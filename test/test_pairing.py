@@ -389,6 +389,7 @@ def test_stats_as_dict_and_snapshot() -> None:
     assert d["skew_ms_p50"] == pytest.approx(3.0)
     assert d["skew_ms_p95"] == pytest.approx(4 + 0.8 * 6)  # linear interpolation between ranks 4 and 5
     assert d["skew_ms_max"] == pytest.approx(10.0)
+    assert d["skew_ms_signed_mean"] == pytest.approx((1 - 2 + 3 - 4 + 10) / 5)  # the sign tells which is late
     pairer.add_rgb(10_000 * MS, "later")
     pairer.add_thermal(10_000 * MS, "later")
     assert snapshot.matched == 5 and len(snapshot.skew_ns) == 5  # a snapshot, not a live view
@@ -509,3 +510,11 @@ def test_two_threads_adding_concurrently() -> None:
     assert sorted((p.rgb, p.thermal) for p in pairs) == [(i, i) for i in range(n)]
     stats = pairer.stats
     assert (stats.matched, stats.unmatched_rgb, stats.unmatched_thermal) == (n, 0, 0)
+
+
+def test_external_pairs_are_counted_like_own_ones() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05)
+    pairer.count_external_pair(Pair("r", "t", 1_000 * MS, 1_007 * MS))
+    d = pairer.stats.as_dict()
+    assert (d["matched"], d["skew_ms_signed_mean"], d["skew_ms_max"]) == (1, pytest.approx(7.0), pytest.approx(7.0))
+    assert pairer.queued == 0

@@ -3,10 +3,12 @@ broken bags, the CLI, and reports of recorded live runs. A stand-in network on 1
 """
 
 import json
+import math
 import os
 import sqlite3
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from bag_helpers import read_topics, small_pairs
@@ -16,10 +18,11 @@ import mafs_ros.cli as cli
 from mafs_ros import bags
 from mafs_ros.engine import MafsEngine
 from mafs_ros.evaluate import thermal_u8
-from mafs_ros.metrics import fusion_metrics, luma_u8
+from mafs_ros.metrics import ConfusionMatrix, fusion_metrics, luma_u8
 from mafs_ros.replay import ReplayError, replay, report_from_recording
 from mafs_ros.ros.conversions import image_to_numpy
 from mafs_ros.ros.pairing import ApproximateTimePairer
+from mafs_ros.ros.registration import warp_thermal_to_rgb
 
 RGB, THERMAL, TRUTH, INFO = bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC, bags.INFO_TOPIC
 FUSED, LABELS, OVERLAY, RESULT = bags.FUSED_TOPIC, bags.LABELS_TOPIC, bags.OVERLAY_TOPIC, bags.RESULT_TOPIC
@@ -85,13 +88,14 @@ def replayed(tmp_path_factory, engine):
 @pytest.mark.parametrize("in_storage, out_storage", [("sqlite3", "mcap"), ("mcap", "sqlite3")])
 def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(tmp_path, engine, in_storage,
                                                                                 out_storage):
-    written = bags.write_pairs_bag(tmp_path / "in", small_pairs(), repeat=2, thermal_offset_s=0.02, jitter_s=0.01,
-                                   seed=2, storage=in_storage, camera_info_topic=bags.CAMERA_INFO_TOPIC)
-    report = replay(tmp_path / "in", tmp_path / "out", engine=engine, thermal_offset_s=0.02, storage=out_storage,
-                    contact_sheet_count=2)
+    # No thermal offset, 10 ms jitter: the thermal frame of a pair comes sometimes before, sometimes after the RGB one.
+    written = bags.write_pairs_bag(tmp_path / "in", small_pairs(), repeat=2, jitter_s=0.01, seed=2,
+                                   storage=in_storage, camera_info_topic=bags.CAMERA_INFO_TOPIC)
+    report = replay(tmp_path / "in", tmp_path / "out", engine=engine, storage=out_storage, contact_sheet_count=2)
 
     expected = list(zip(written.rgb_stamps_ns, written.thermal_stamps_ns))  # jitter 10 ms << 100 ms period
-    assert _live_pairs(tmp_path / "in", 0.02) == expected
+    assert any(t > r for r, t in expected) and any(t < r for r, t in expected)
+    assert _live_pairs(tmp_path / "in", 0.0) == expected
     assert _frame_pairs(report) == expected
     assert report["frames_read"] == {RGB: 12, THERMAL: 12, bags.CAMERA_INFO_TOPIC: 12, TRUTH: 2}
     assert report["pairs_fused"] == report["pairs_made"] == 12
@@ -106,9 +110,10 @@ def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(t
     assert "version: 9" in (out / "metadata.yaml").read_text()
     got = read_topics(out, [FUSED, LABELS, OVERLAY, RESULT, INFO, bags.FUSED_CAMERA_INFO_TOPIC, RGB, THERMAL])
     rgb_receive = [stamp + DELAY_NS for stamp in written.rgb_stamps_ns]
+    pair_complete = [max(rgb, thermal) + DELAY_NS for rgb, thermal in expected]  # when the later frame came
     for topic in (FUSED, LABELS, OVERLAY, RESULT, bags.FUSED_CAMERA_INFO_TOPIC):
         assert [bags.stamp_ns(m.header) for _, m in got[topic]] == written.rgb_stamps_ns, topic
-        assert [t for t, _ in got[topic]] == rgb_receive, topic  # recorded at the RGB input's receive time
+        assert [t for t, _ in got[topic]] == pair_complete, topic
     for (_, result), (_, fused), (rgb_stamp, thermal_stamp) in zip(got[RESULT], got[FUSED], expected):
         assert (bags.time_ns(result.rgb_stamp), bags.time_ns(result.thermal_stamp)) == (rgb_stamp, thermal_stamp)
         assert np.array_equal(image_to_numpy(result.fused), image_to_numpy(fused))
@@ -122,19 +127,33 @@ def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(t
 
 def test_report_numbers_equal_metrics_on_the_output_images(replayed, engine):
     written, out, report = replayed
-    got = read_topics(out / "bag", [FUSED, RGB, THERMAL, RESULT])
+    got = read_topics(out / "bag", [FUSED, LABELS, RGB, THERMAL, TRUTH, RESULT])
     rgb_by_stamp = {bags.stamp_ns(m.header): m for _, m in got[RGB]}
     thermal_by_stamp = {bags.stamp_ns(m.header): m for _, m in got[THERMAL]}
     per_frame = report["fusion"]["per_frame"]
     assert len(per_frame) == len(got[FUSED]) == 12
-    for (_, fused), (rgb_stamp, thermal_stamp) in zip(got[FUSED], _frame_pairs(report)):
+    for index, (entry, (_, fused), (rgb_stamp, thermal_stamp)) in enumerate(
+            zip(per_frame, got[FUSED], _frame_pairs(report))):
         rgb = image_to_numpy(rgb_by_stamp[rgb_stamp])
         thermal = image_to_numpy(thermal_by_stamp[thermal_stamp])
         expected = fusion_metrics(thermal_u8(engine, thermal), luma_u8(rgb), luma_u8(image_to_numpy(fused)))
         sec, nanosec = divmod(rgb_stamp, 10**9)
-        assert per_frame[f"{sec}.{nanosec:09d}"] == expected
+        assert entry == {"index": index, "rgb_stamp": f"{sec}.{nanosec:09d}", "metrics": expected}
     for name, mean in report["fusion"]["mean"].items():
-        assert mean == pytest.approx(np.mean([values[name] for values in per_frame.values()]), rel=1e-12)
+        assert mean == pytest.approx(np.mean([entry["metrics"][name] for entry in per_frame]), rel=1e-12)
+
+    # Segmentation: the published labels against the recorded ground truth (real MSRS labels, which the
+    # stand-in network does not reproduce), through the project's confusion matrix.
+    labels_by_stamp = {bags.stamp_ns(m.header): image_to_numpy(m) for _, m in got[LABELS]}
+    matrix = ConfusionMatrix(len(engine.class_names), ignore_index=255)
+    for _, truth in got[TRUTH]:
+        matrix.update(labels_by_stamp[bags.stamp_ns(truth.header)], image_to_numpy(truth))
+    seg = report["segmentation"]
+    assert seg["num_images"] == len(got[TRUTH]) == 2
+    assert seg["confusion_matrix"] == matrix.matrix.tolist()
+    assert seg["mIoU"] == matrix.miou() and 0 < seg["mIoU"] < 1
+    assert seg["per_class_iou"] == {name: None if math.isnan(iou) else iou
+                                    for name, iou in zip(engine.class_names, matrix.per_class_iou())}
 
     totals = [r.preprocess_ms + r.inference_ms + r.postprocess_ms for _, r in got[RESULT]]
     latency = report["latency_ms"]
@@ -158,7 +177,7 @@ def test_replay_output_scores_the_same_as_a_recording(replayed, tmp_path):
     assert recorded["segmentation"]["confusion_matrix"] == report["segmentation"]["confusion_matrix"]
     assert recorded["skew_ms"] == pytest.approx(report["skew_ms"])
     assert recorded["unmatched"] == {RGB: 0, THERMAL: 0}
-    # Outputs are recorded at the RGB receive time: end to end is the input's transport delay only.
+    # Thermal comes first here, so outputs are recorded at the RGB receive time: end to end is the transport delay.
     assert recorded["end_to_end_ms"]["p50"] == recorded["end_to_end_ms"]["max"] == pytest.approx(DELAY_NS / 1e6)
 
 
@@ -192,7 +211,7 @@ def test_thermal_offset_reaches_the_pairer(tmp_path, engine):
     # Thermal stamps lag by half the 100 ms frame period: 50 ms from both neighbours, not within the 50 ms slop.
     bags.write_pairs_bag(tmp_path / "in", small_pairs(), thermal_offset_s=0.05, labels_topic=None)
     report = replay(tmp_path / "in", tmp_path / "out0", engine=engine)
-    assert report["pairs_fused"] == 0 and report["fusion"] == {"mean": None, "per_frame": {}}
+    assert report["pairs_fused"] == 0 and report["fusion"] == {"mean": None, "per_frame": []}
     assert report["unmatched"] == {RGB: 6, THERMAL: 6}
     assert report["latency_ms"]["p50"] is None and (tmp_path / "out0" / "report.md").is_file()
     report = replay(tmp_path / "in", tmp_path / "out1", engine=engine, thermal_offset_s=0.05, contact_sheet_count=0)
@@ -215,6 +234,77 @@ def test_unsupported_encodings_are_counted_and_skipped(tmp_path, engine):
     assert report["skipped"] == {"unsupported_encoding": 2}
     assert report["pairs_fused"] == 4 and report["unmatched"] == {RGB: 2, THERMAL: 0}
     assert report["frames_read"][THERMAL] == 6
+
+
+def test_a_looped_bag_keeps_every_pair(tmp_path, engine):
+    """The same three frames twice (as `ros2 bag play --loop` plays them: same stamps, later receive times): the
+    pairer resets, and each fused pair has its own per-frame entry, part of the mean, and contact-sheet row."""
+    bags.write_pairs_bag(tmp_path / "once", small_pairs()[:3], rate_hz=1.0, labels_topic=None)
+    with bags.BagReader(tmp_path / "once") as reader:
+        again = [(m.topic, m.receive_ns + 3 * 10**9, bags.deserialize(m)) for m in reader.messages([RGB, THERMAL])]
+    _copy_with(tmp_path / "once", tmp_path / "in", again)
+    once = replay(tmp_path / "once", tmp_path / "out_once", engine=engine, contact_sheet_count=6)
+    report = replay(tmp_path / "in", tmp_path / "out", engine=engine, contact_sheet_count=6)
+
+    assert report["pairing"]["resets"] == 1
+    per_frame = report["fusion"]["per_frame"]
+    assert report["pairs_fused"] == len(per_frame) == 6
+    assert [entry["index"] for entry in per_frame] == list(range(6))
+    stamps_once = [entry["rgb_stamp"] for entry in once["fusion"]["per_frame"]]
+    assert len(stamps_once) == 3 and [entry["rgb_stamp"] for entry in per_frame] == 2 * stamps_once
+    for name, mean in report["fusion"]["mean"].items():
+        assert mean == pytest.approx(np.mean([entry["metrics"][name] for entry in per_frame]), rel=1e-12)
+    # Six rows are taller than the three of the bag played once.
+    heights = [cv2.imread(str(tmp_path / out / "contact_sheet.png")).shape[0] for out in ("out_once", "out")]
+    assert heights[1] > heights[0]
+
+
+def _with_small_thermal(src: Path, dst: Path) -> np.ndarray:
+    """Copy of a bag with every thermal frame shrunk to half the RGB size; returns the scaling homography from
+    those thermal pixels to RGB pixels."""
+    with bags.BagReader(src) as reader:
+        small = []
+        for message in reader.messages([THERMAL]):
+            msg = bags.deserialize(message)
+            half = cv2.resize(image_to_numpy(msg), (msg.width // 2, msg.height // 2), interpolation=cv2.INTER_AREA)
+            small.append((THERMAL, message.receive_ns, bags.image_message(half, msg.encoding, msg.header)))
+    _copy_with(src, dst, small, drop=lambda m: m.topic == THERMAL)
+    return np.diag([2.0, 2.0, 1.0])
+
+
+def test_homography_registers_thermal_of_another_size(tmp_path, capsys, stand_in_cli, engine):
+    """As the node's registration.homography: thermal at half the RGB size is skipped without a homography and
+    fused after warping with the scaling one; the recording is scored the same with the same homography."""
+    bags.write_pairs_bag(tmp_path / "cams", small_pairs()[:3], labels_topic=None)
+    homography = _with_small_thermal(tmp_path / "cams", tmp_path / "in")
+    argv = ["replay", str(tmp_path / "in"), "--contact-sheet", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "plain")]) == 1
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["skipped"] == {"size_mismatch": 3} and plain["pairs_fused"] == 0
+    assert plain["registration"] == {"homography": None}
+
+    values = [str(v) for v in homography.ravel()]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--homography", *values]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["skipped"] == {} and report["pairs_fused"] == 3
+    assert report["registration"] == {"homography": homography.ravel().tolist()}
+    got = read_topics(tmp_path / "out" / "bag", [RGB, THERMAL, FUSED])
+    for (_, rgb_msg), (_, thermal_msg), (_, fused_msg), entry in zip(
+            got[RGB], got[THERMAL], got[FUSED], report["fusion"]["per_frame"]):
+        rgb = image_to_numpy(rgb_msg)
+        thermal = warp_thermal_to_rgb(image_to_numpy(thermal_msg), homography, (rgb.shape[1], rgb.shape[0]))
+        fused = image_to_numpy(fused_msg)
+        assert np.array_equal(fused, engine.infer(rgb, thermal).fused_rgb)
+        assert entry["metrics"] == fusion_metrics(thermal_u8(engine, thermal), luma_u8(rgb), luma_u8(fused))
+    recorded = report_from_recording(tmp_path / "out" / "bag", tmp_path / "rec", homography=homography.ravel())
+    assert recorded["fusion"] == report["fusion"] and recorded["skipped"] == {}
+
+    capsys.readouterr()
+    singular = ["1", "0", "0", "0", "0", "0", "0", "0", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "bad"), "--homography", *singular]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "--homography must be finite and invertible" in errors[0]
+    assert not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -378,7 +468,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
     assert report["skipped"] == {"input_not_recorded": 1}
     assert report["unmatched"] == {RGB: 2, THERMAL: 2}
     assert _frame_pairs(report) == [(r, t) for r, (t, _, _) in expected.items()]
-    per_frame = list(report["fusion"]["per_frame"].values())
+    per_frame = [entry["metrics"] for entry in report["fusion"]["per_frame"]]
     assert per_frame == [metrics for _, metrics, _ in expected.values()]
     indices = [i for _, _, i in expected.values()]
     assert report["latency_ms"]["p50"] == pytest.approx(np.percentile([13.0 + i for i in indices], 50))

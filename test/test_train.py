@@ -122,21 +122,30 @@ def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig) -> None
 def test_two_process_ddp_equals_one_process(tmp_path: Path, stage1_epochs: int, stage2_epochs: int) -> None:
     # Fusion only and frozen BatchNorm statistics: then the global loss is the mean of the per-process losses,
     # and DDP's averaged gradients equal the one-process gradients at the same global batch. Both sides use the
-    # same thread count: the intensity loss picks a source per pixel by comparing local variances, and
-    # thread-dependent rounding can flip a near-tie and move a weight by far more than rounding. For the same
-    # reason each stage is compared from identical weights: after Stage I, rounding-level differences would feed
-    # such flips in Stage II.
+    # same thread count, and each stage is compared from identical weights. What is left is rounding: the two
+    # sides convolve batches of 2 and 4, for which oneDNN may pick other kernels (other ones again on AVX2 and
+    # AVX-512 CPUs), and the intensity loss picks a source per pixel by comparing local variances, so a
+    # rounding-level difference can flip a near-tie and move a weight by far more than rounding (4e-5 on an AMD
+    # EPYC, 0.1 % of the update). So the runs are compared relative to the update: a DDP that did not average
+    # gradients, or averaged them twice, would be off by about the whole update.
     data = _tiles(tmp_path / "data", with_labels=False)
     changes = dict(batch_size=4, freeze_bn=True, data__augment=False)
-    single = _config(data, tmp_path / "single", **changes)
-    single.stage1.epochs, single.stage2.epochs = stage1_epochs, stage2_epochs
-    expected = load_file(train(single))
+    runs = {}
+    for name, epochs in {"init": (0, 0), "single": (stage1_epochs, stage2_epochs)}.items():
+        cfg = _config(data, tmp_path / name, **changes)
+        cfg.stage1.epochs, cfg.stage2.epochs = epochs
+        runs[name] = load_file(train(cfg))
     double = _config(data, tmp_path / "ddp", **changes)
     double.stage1.epochs, double.stage2.epochs = stage1_epochs, stage2_epochs
     mp.spawn(_ddp_worker, args=(2, _free_port(), double), nprocs=2, join=True)
-    actual = load_file(tmp_path / "ddp" / "model.safetensors")
-    worst = max((expected[k].float() - actual[k].float()).abs().max().item() for k in expected)
-    assert worst < 1e-5
+    ddp, single, init = load_file(tmp_path / "ddp" / "model.safetensors"), runs["single"], runs["init"]
+
+    def norm(a: dict, b: dict) -> float:
+        return sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a) ** 0.5
+
+    update = norm(single, init)
+    assert update > 1e-3  # the stage trained at all
+    assert norm(ddp, single) < 0.01 * update
 
 
 def test_train_command_reads_a_recipe(tmp_path: Path) -> None:

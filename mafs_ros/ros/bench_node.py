@@ -1,8 +1,9 @@
 """The node's part of `mafs bench`: MafsNode in this process, a player/recorder node beside it, real DDS.
 
     node_overhead     a stand-in engine answers at once, so the node's own work is what is timed: the node
-                      measures it itself (decoding both inputs in their callbacks, message building and
-                      publishing; `MafsNode.overhead_ms`)
+                      measures it itself (`MafsNode.overhead_ms`: both inputs' callbacks, i.e. decoding and
+                      pairing, then building and publishing fused image, labels, overlay and result, each of
+                      which the player subscribes to, as rviz2 would)
     node_end_to_end   the real engine: publish a pair, wait for `mafs/result`, next pair (wall clock)
 """
 
@@ -24,7 +25,7 @@ from sensor_msgs.msg import Image
 from mafs_ros.engine import FusionResult
 from mafs_ros.msg import FusedSegmentation
 from mafs_ros.ros.conversions import numpy_to_image
-from mafs_ros.ros.node import RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
+from mafs_ros.ros.node import FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
 
 WARMUP_PAIRS = 5
 
@@ -71,13 +72,17 @@ class _Loop:
         self.results = 0
         self._lock = threading.Lock()
         self.player.create_subscription(FusedSegmentation, RESULT_TOPIC, self._on_result, 10)
+        # Subscribed so that the node builds and publishes them: without a subscriber it skips that work.
+        for topic in (FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC):
+            self.player.create_subscription(Image, topic, lambda _: None, 10)
         self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins (see node.py)
         self.executor.add_node(self.node)
         self.executor.add_node(self.player)
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
         self._wait(lambda: self.rgb.get_subscription_count() > 0 and self.thermal.get_subscription_count() > 0
-                   and self.player.count_publishers(RESULT_TOPIC) > 0, 10.0, "the node's subscriptions")
+                   and all(self.player.count_publishers(t) > 0 for t in (RESULT_TOPIC, FUSED_TOPIC, OVERLAY_TOPIC)),
+                   10.0, "the node's subscriptions")
         time.sleep(0.3)  # the node's side of the match completes about now
 
     def _spin(self) -> None:

@@ -29,12 +29,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -48,6 +48,7 @@ from mafs_ros.ros.conversions import (
     visible_from_image,
 )
 from mafs_ros.ros.pairing import ApproximateTimePairer, Pair
+from mafs_ros.ros.registration import IDENTITY_HOMOGRAPHY, parse_homography, warp_thermal_to_rgb
 
 NODE_NAME = "mafs"
 
@@ -68,7 +69,6 @@ OUTPUT_TOPICS = (
     FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, CONFIDENCE_TOPIC, RESULT_TOPIC, INFO_TOPIC, FUSED_CAMERA_INFO_TOPIC,
 )
 
-IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 
 # name -> (default, description). The order is the order of config/mafs.yaml; test_node checks they agree.
@@ -124,7 +124,7 @@ class _Frame:
 
     msg: Image
     image: np.ndarray  # visible: (H, W, 3) uint8 RGB; thermal: (H, W) uint8 | uint16 | float32
-    decode_ms: float
+    callback_ms: float = 0.0  # the frame's subscription callback: decoding and pairing
 
 
 class _Mailbox:
@@ -190,8 +190,13 @@ class MafsNode(Node):
 
     def __init__(self, *, engine: Any = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        try:
+            for name, (default, description) in PARAMETERS.items():
+                self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        except ParameterException as exc:
+            # rclpy types parameters strictly: `-p sync.slop_s:=1` is an integer where a double is declared.
+            raise StartupError(f"bad parameter: {exc} (write 1.0, not 1, for a double; a list of doubles needs "
+                               "every element as a double)") from None
         self._engine = engine if engine is not None else self._build_engine()
         self._homography = self._read_homography()
         self._publish_confidence = bool(self._param("publish_confidence"))
@@ -287,15 +292,10 @@ class MafsNode(Node):
 
     def _read_homography(self) -> np.ndarray | None:
         """The thermal->RGB homography, or None for identity (no warp)."""
-        values = self._param("registration.homography")
         try:
-            matrix = np.asarray(values, dtype=np.float64).reshape(3, 3)
-        except (TypeError, ValueError):
-            raise StartupError(f"registration.homography must be 9 numbers (row-major 3x3), got {values!r}") from None
-        if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
-            raise StartupError(f"registration.homography must be finite and invertible, got {matrix.tolist()}")
-        matrix = matrix / matrix[2, 2] if matrix[2, 2] != 0 else matrix
-        return None if np.allclose(matrix, np.eye(3)) else matrix
+            return parse_homography(self._param("registration.homography"), "registration.homography")
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     def _qos(self, prefix: str) -> QoSProfile:
         reliability = str(self._param(f"{prefix}.reliability"))
@@ -330,6 +330,7 @@ class MafsNode(Node):
     def _create_subscriptions(self) -> None:
         qos = self._qos("qos.input")
         backend = str(self._param("sync.backend"))
+        self._synchronizer = None
         if backend == "builtin":
             self.create_subscription(
                 Image, RGB_TOPIC, self._on_rgb, qos, callback_group=self._inputs_group
@@ -384,44 +385,54 @@ class MafsNode(Node):
         rgb8/bgr8/mono16/... decode to views of the message buffer, so this stays cheap in the callback.
         """
         self._input_rates[topic].tick()
-        start = time.perf_counter()
         try:
             image, repaired = (visible_from_image(msg), 0) if topic == RGB_TOPIC else thermal_with_repairs(msg)
         except ImageConversionError as exc:
-            self._reject(exc.reason, f"{self.resolve_topic_name(topic)}: {exc}")
+            self._reject(exc.reason, f"{self.resolve_topic_name(topic)}: {exc}", throttle_key=f"{exc.reason}:{topic}")
             return None
         if repaired:
             with self._stats_lock:
                 self._repaired_non_finite += 1
-        return _Frame(msg, image, (time.perf_counter() - start) * 1e3)
+        return _Frame(msg, image)
 
     def _on_rgb(self, msg: Image) -> None:
+        start = time.perf_counter()
         frame = self._accept(RGB_TOPIC, msg)
         if frame is not None:
-            for pair in self._pairer.add_rgb(_stamp_ns(msg), frame):
-                self._mailbox.put(pair)
+            self._hand_over(frame, self._pairer.add_rgb(_stamp_ns(msg), frame), start)
 
     def _on_thermal(self, msg: Image) -> None:
+        start = time.perf_counter()
         frame = self._accept(THERMAL_TOPIC, msg)
         if frame is not None:
-            for pair in self._pairer.add_thermal(_stamp_ns(msg), frame):
-                self._mailbox.put(pair)
+            self._hand_over(frame, self._pairer.add_thermal(_stamp_ns(msg), frame), start)
+
+    def _hand_over(self, frame: _Frame, pairs: list[Pair], start: float) -> None:
+        # Set before the pair reaches the worker, which adds it to the pair's overhead.
+        frame.callback_ms = (time.perf_counter() - start) * 1e3
+        for pair in pairs:
+            self._mailbox.put(pair)
 
     def _on_synchronized_pair(self, rgb: Image, thermal: Image) -> None:
+        start = time.perf_counter()
         rgb_frame, thermal_frame = self._accept(RGB_TOPIC, rgb), self._accept(THERMAL_TOPIC, thermal)
         if rgb_frame is not None and thermal_frame is not None:
-            self._mailbox.put(Pair(rgb_frame, thermal_frame, _stamp_ns(rgb), _stamp_ns(thermal)))
+            pair = Pair(rgb_frame, thermal_frame, _stamp_ns(rgb), _stamp_ns(thermal))
+            self._pairer.count_external_pair(pair)
+            rgb_frame.callback_ms = (time.perf_counter() - start) * 1e3  # both frames' callback: one count
+            self._mailbox.put(pair)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
 
-    def _reject(self, reason: str, message: str) -> None:
+    def _reject(self, reason: str, message: str, throttle_key: str | None = None) -> None:
         with self._stats_lock:
             self._rejected[reason] += 1
-        self._log_throttled(reason, message)
+        self._log_throttled(throttle_key or reason, message)
 
     def _log_throttled(self, key: str, message: str, period_s: float = 5.0) -> None:
-        # rclpy's throttle_duration_sec needs a per-call-site clock and silences other keys; one entry per reason.
+        # rclpy's throttle_duration_sec throttles a call site, so a bad RGB encoding would silence a bad thermal
+        # one; here each key (reason, and topic where there is one) has its own throttle.
         now = time.monotonic()
         if now - self._throttle.get(key, -1e9) >= period_s:
             self._throttle[key] = now
@@ -453,9 +464,7 @@ class MafsNode(Node):
         rgb, thermal = pair.rgb.image, pair.thermal.image
         height, width = rgb.shape[:2]
         if self._homography is not None:
-            thermal = cv2.warpPerspective(
-                np.ascontiguousarray(thermal), self._homography, (width, height), flags=cv2.INTER_LINEAR
-            )
+            thermal = warp_thermal_to_rgb(thermal, self._homography, (width, height))
         elif thermal.shape[:2] != (height, width):
             self._reject(
                 "size_mismatch",
@@ -463,7 +472,7 @@ class MafsNode(Node):
                 "registration.homography (thermal -> RGB pixels) to register them",
             )
             return
-        decoded = time.perf_counter()
+        registered = time.perf_counter()
 
         want_overlay = self._overlay_pub.get_subscription_count() > 0
         want_confidence = self._publish_confidence
@@ -495,8 +504,8 @@ class MafsNode(Node):
         with self._stats_lock:
             self._inference_ms.append(sum(result.timings.values()))
             self._latency_ms.append(latency_ms)
-            decode_ms = pair.rgb.decode_ms + pair.thermal.decode_ms
-            self._overhead_ms.append(decode_ms + ((decoded - start) + (done - inferred)) * 1e3)
+            callbacks_ms = pair.rgb.callback_ms + pair.thermal.callback_ms
+            self._overhead_ms.append(callbacks_ms + ((registered - start) + (done - inferred)) * 1e3)
 
     def _result_message(self, pair: Pair, fused: Image, labels: Image, confidence: Image, timings: dict) -> Any:
         result = self._result_type()
@@ -515,8 +524,8 @@ class MafsNode(Node):
     # Diagnostics and parameters
 
     def overhead_ms(self) -> list[float]:
-        """The node's own milliseconds for each recent published pair (decoding both inputs, building and
-        publishing the outputs; the model excluded), oldest first."""
+        """The node's own milliseconds for each recent published pair, oldest first: both frames' subscription
+        callbacks (decoding, pairing), registration, building and publishing the outputs; the model excluded."""
         with self._stats_lock:
             return list(self._overhead_ms)
 
@@ -579,6 +588,7 @@ class MafsNode(Node):
             "latency_ms_p50": _percentile(latency, 50),
             "latency_ms_p95": _percentile(latency, 95),
             "node_overhead_ms_p50": _percentile(overhead, 50),
+            "pair_skew_ms_signed_mean": pairing.get("skew_ms_signed_mean", float("nan")),
             "pair_skew_ms_p50": pairing.get("skew_ms_p50", float("nan")),
             "pair_skew_ms_max": pairing.get("skew_ms_max", float("nan")),
             "received_rgb": counters["received_rgb"],
@@ -611,6 +621,11 @@ class MafsNode(Node):
             if param.name in PARAMETERS and param.name not in RUNTIME_PARAMETERS:
                 return SetParametersResult(
                     successful=False, reason=f"{param.name} is read at start-up; restart the node to change it"
+                )
+            if param.name.startswith("sync.") and self._synchronizer is not None:
+                return SetParametersResult(
+                    successful=False, reason=f"{param.name} cannot change under sync.backend message_filters (its "
+                                             "synchronizer is built at start-up); restart the node to change it"
                 )
             problem = _runtime_value_problem(param.name, param.value, param.type_)
             if problem:

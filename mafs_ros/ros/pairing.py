@@ -6,7 +6,9 @@ receive order; both use this class, so live and offline pairs agree. Items are o
 Policy
 ------
 All stamps are integer nanoseconds. A thermal stamp t is compared as t' = t + thermal_offset (a thermal camera
-whose stamps lag by 40 ms needs thermal_offset_s = +0.04). The skew of a pair is t' - rgb stamp.
+that stamps its frames 40 ms later than the RGB camera stamps the same instant needs thermal_offset_s = -0.04).
+The skew of a pair is t' - rgb stamp: its signed mean (`skew_ms_signed_mean`, measured with offset 0 and a wide
+slop) is the offset to set, negated.
 
 - Thermal is the pivot stream (normally the slower one, e.g. 9 Hz against 30 Hz): thermal frames are decided in
   stamp order, each paired with the *nearest* available RGB frame if |skew| < slop (strictly). An RGB frame is
@@ -47,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-SKEW_WINDOW = 1000  # recent |skew| samples kept for the summary in as_dict()
+SKEW_WINDOW = 1000  # recent skew samples kept for the summary in as_dict()
 
 _RGB, _THERMAL = 0, 1
 _STREAM_NAMES = ("rgb", "thermal")
@@ -71,7 +73,7 @@ class Pair:
 
 @dataclass
 class PairingStats:
-    """Counters of an ApproximateTimePairer (see the module docstring) and the recent |skew| values in ns."""
+    """Counters of an ApproximateTimePairer (see the module docstring) and the recent signed skews in ns."""
 
     matched: int = 0
     unmatched_rgb: int = 0
@@ -88,16 +90,18 @@ class PairingStats:
     skew_ns: deque[int] = field(default_factory=lambda: deque(maxlen=SKEW_WINDOW))
 
     def as_dict(self) -> dict[str, int | float]:
-        """Counters plus skew_samples and, when there is at least one sample, skew_ms_{mean,p50,p95,max} of |skew|.
+        """Counters plus skew_samples and, when there is at least one sample, skew_ms_{mean,p50,p95,max} of |skew|
+        and skew_ms_signed_mean (positive: thermal stamps later than RGB).
 
         The skew keys are left out rather than set to NaN while nothing has been paired (strict JSON has no NaN).
         """
         out: dict[str, int | float] = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "skew_ns"
         }
-        skews_ms = sorted(s / 1e6 for s in self.skew_ns)
+        skews_ms = sorted(abs(s) / 1e6 for s in self.skew_ns)
         out["skew_samples"] = len(skews_ms)
         if skews_ms:
+            out["skew_ms_signed_mean"] = sum(self.skew_ns) / len(self.skew_ns) / 1e6
             out["skew_ms_mean"] = sum(skews_ms) / len(skews_ms)
             out["skew_ms_p50"] = _percentile(skews_ms, 0.50)
             out["skew_ms_p95"] = _percentile(skews_ms, 0.95)
@@ -185,6 +189,12 @@ class ApproximateTimePairer:
             self._slop_ns, self._offset_ns = slop_ns, offset_ns
             self._last = [None, None]
             self._awaiting_new_timeline = [False, False]
+
+    def count_external_pair(self, pair: Pair) -> None:
+        """Counts a pair made by another synchroniser (the node's message_filters backend) in `stats`, so that
+        matched pairs and skew are reported whichever backend pairs."""
+        with self._lock:
+            self._count_pair(pair)
 
     @property
     def queued(self) -> int:
@@ -304,10 +314,13 @@ class ApproximateTimePairer:
             self._stats.unmatched_rgb += 1
         rgb_frame = rgb.popleft()
         pair = Pair(rgb_frame.item, thermal_frame.item, rgb_frame.stamp_ns, t - self._offset_ns, self._offset_ns)
-        self._stats.matched += 1
-        self._stats.skew_ns.append(abs(pair.skew_ns))
+        self._count_pair(pair)
         pairs.append(pair)
         return True
+
+    def _count_pair(self, pair: Pair) -> None:
+        self._stats.matched += 1
+        self._stats.skew_ns.append(pair.skew_ns)
 
     def _give_up_all(self) -> None:
         for stream in (_RGB, _THERMAL):
