@@ -253,6 +253,9 @@ def test_package_xml_is_valid_and_complete():
                 'python3-numpy', 'python3-opencv', 'python3-yaml'):
         assert dep in exec_, dep
     assert 'python3-pytest' in test
+    # What launch/ starts: the node's launch, rviz2, and ros2 bag play/record (MCAP by default) for replays.
+    for dep in ('launch', 'launch_ros', 'rviz2', 'ros2bag', 'rosbag2_storage_mcap'):
+        assert dep in exec_, dep
 
     # Every package CMakeLists.txt finds is declared (Python3 and other CMake modules are not ROS packages).
     cmake = _cmake_without_comments()

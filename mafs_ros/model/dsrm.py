@@ -13,6 +13,8 @@ class _ConvBN(nn.Module):
     """
 
     conv_bn_pairs = (("conv", "bn"),)
+    # forward returns bn(conv(x)): once `bn` is folded, a BatchNorm after this module folds into `conv` as well.
+    output_conv = "conv"
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
