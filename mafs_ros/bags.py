@@ -239,13 +239,14 @@ class BagReader:
             raise BagError(f"topic(s) {', '.join(missing)} not in bag {self.path}; it has: {present or 'no topics'}")
 
     def messages(self, topics: Sequence[str]) -> Iterator[BagMessage]:
-        """The messages of `topics` in receive-time order. Raises BagReadError where the storage cannot be read."""
-        count = 0
+        """The messages of `topics` in receive-time order. Raises BagReadError where the storage cannot be read,
+        naming the last message read (count, topic, receive time) so the break can be found in the bag."""
+        count, last = 0, None
         try:
             if self._scan is not None:
-                for message in self._scan.messages(set(topics)):
+                for last in self._scan.messages(set(topics)):
                     count += 1
-                    yield message
+                    yield last
                 return
             assert self._reader is not None
             connections = [c for c in self._reader.connections if c.topic in topics]
@@ -253,9 +254,12 @@ class BagReader:
                 return
             for connection, receive_ns, raw in self._reader.messages(connections=connections):
                 count += 1
-                yield BagMessage(connection.topic, connection.msgtype, receive_ns, raw)
+                last = BagMessage(connection.topic, connection.msgtype, receive_ns, raw)
+                yield last
         except Exception as exc:  # any storage failure (ReaderError, apsw.Error, struct.error, ...) ends the read
-            raise BagReadError(f"{self.path}: reading failed after {count} message(s): {_describe(exc)}",
+            where = "" if last is None else (f" (the last one on {last.topic}, received at "
+                                             f"{last.receive_ns // 1_000_000_000}.{last.receive_ns % 1_000_000_000:09d})")
+            raise BagReadError(f"{self.path}: reading failed after {count} message(s){where}: {_describe(exc)}",
                                count) from None
 
 

@@ -47,6 +47,7 @@ def test_sqlite3_bag_cut_short_is_replayed_up_to_the_cut(tmp_path, replay_cli):
     assert code == 1 and "Traceback" not in stderr
     errors = _error_lines(stderr)
     assert len(errors) == 1 and "reading failed after" in errors[0] and "broken sqlite3 page" in errors[0]
+    assert "received at 17" in errors[0]  # the last message read, by receive time (stamps from 2023)
     assert_replayed_up_to_the_cut(report, written, tmp_path / "out")
 
 

@@ -337,6 +337,7 @@ def test_truncated_mcap_reports_where_reading_stopped(tmp_path, capsys, stand_in
     assert "Traceback" not in stderr
     errors = _error_lines(stderr)
     assert len(errors) == 1 and "reading failed after" in errors[0] and "broken MCAP record at byte" in errors[0]
+    assert "received at 17" in errors[0]  # the last message read, by receive time (stamps from 2023)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert_replayed_up_to_the_cut(report, written, tmp_path / "out")
 
