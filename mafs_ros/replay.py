@@ -520,9 +520,8 @@ class _ReplayRun:
         rgb_msg, thermal_msg = pair.rgb.msg, pair.thermal.msg
         rgb, thermal = pair.rgb.image, pair.thermal.image
         where = f"pair at {_stamp_text(pair.rgb_stamp_ns)}"
-        if self.homography is not None:
-            thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
-        elif thermal.shape[:2] != rgb.shape[:2]:
+        thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
+        if thermal.shape[:2] != rgb.shape[:2]:
             self.evaluation.skip("size_mismatch", f"{where}: thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB "
                                  f"{rgb.shape[1]}x{rgb.shape[0]} differ; give the homography (thermal -> RGB "
                                  "pixels) to register them")
@@ -722,8 +721,7 @@ class _RecordingRun:
         except ImageConversionError as exc:
             self.evaluation.skip(exc.reason, f"{where}: {exc}")
             return
-        if self.homography is not None:
-            thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
+        thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
         if labels.ndim != 2 or len({rgb.shape[:2], thermal.shape[:2], fused.shape[:2], labels.shape}) != 1:
             self.evaluation.skip("size_mismatch", f"{where}: RGB {rgb.shape}, thermal {thermal.shape}, fused "
                                  f"{fused.shape}, labels {labels.shape} (registered thermal: give the node's "

@@ -419,8 +419,7 @@ class MafsNode(Node):
         if rgb_frame is not None and thermal_frame is not None:
             pair = Pair(rgb_frame, thermal_frame, _stamp_ns(rgb), _stamp_ns(thermal))
             self._pairer.count_external_pair(pair)
-            rgb_frame.callback_ms = (time.perf_counter() - start) * 1e3  # both frames' callback: one count
-            self._mailbox.put(pair)
+            self._hand_over(rgb_frame, [pair], start)  # one callback for both frames: counted once, on RGB
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -463,9 +462,8 @@ class MafsNode(Node):
         rgb_msg: Image = pair.rgb.msg
         rgb, thermal = pair.rgb.image, pair.thermal.image
         height, width = rgb.shape[:2]
-        if self._homography is not None:
-            thermal = warp_thermal_to_rgb(thermal, self._homography, (width, height))
-        elif thermal.shape[:2] != (height, width):
+        thermal = warp_thermal_to_rgb(thermal, self._homography, (width, height))
+        if thermal.shape[:2] != (height, width):
             self._reject(
                 "size_mismatch",
                 f"thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB {width}x{height} differ; set "

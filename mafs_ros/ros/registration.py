@@ -30,7 +30,10 @@ def parse_homography(values: Sequence[float], name: str = "homography") -> np.nd
     return None if np.allclose(matrix, np.eye(3)) else matrix
 
 
-def warp_thermal_to_rgb(thermal: np.ndarray, homography: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def warp_thermal_to_rgb(thermal: np.ndarray, homography: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
     """`thermal` (H, W) warped into an RGB image of `size` (width, height) with `homography` (thermal pixels ->
-    RGB pixels): bilinear, same dtype, 0 where no thermal pixel maps."""
+    RGB pixels): bilinear, same dtype, 0 where no thermal pixel maps. None (identity, as `parse_homography`
+    gives it): `thermal` unchanged, whatever its size, so the caller's size check decides."""
+    if homography is None:
+        return thermal
     return cv2.warpPerspective(np.ascontiguousarray(thermal), homography, size, flags=cv2.INTER_LINEAR)
