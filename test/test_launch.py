@@ -32,7 +32,7 @@ NODE_TOPICS = set(node_module.INPUT_TOPICS + node_module.OUTPUT_TOPICS)
 ARGUMENTS = {
     MAFS_LAUNCH: {
         "rgb_topic", "thermal_topic", "camera_info_topic", "params_file", "checkpoint", "device", "use_sim_time",
-        "namespace", "rviz",
+        "namespace", "rviz", "lifecycle",
     },
     REPLAY_LAUNCH: {"bag", "rate", "loop", "delay", "record", "record_path"},
 }
@@ -202,7 +202,7 @@ def test_parameters_set_by_the_launch_files_are_node_parameters():
     names = set()
     for call in calls(tree, "Node"):
         names |= parameter_names(tree, call)
-    assert {"checkpoint", "device", "use_sim_time"} <= names
+    assert {"checkpoint", "device", "use_sim_time", "lifecycle"} <= names
     assert names <= set(node_module.PARAMETERS) | {"use_sim_time"}
     assert not calls(parse(REPLAY_LAUNCH), "Node"), "replay.launch.py starts the node through mafs.launch.py"
 

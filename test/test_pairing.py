@@ -62,6 +62,7 @@ def _reference(rgb: list[int], thermal: list[int], offset_ns: int, slop_ns: int)
     {"queue_size": 0}, {"queue_size": -3},
     {"thermal_offset_s": math.nan}, {"thermal_offset_s": math.inf},
     {"reset_on_backwards_s": 0.0}, {"reset_on_backwards_s": math.nan},
+    {"max_wait_s": -0.001}, {"max_wait_s": math.nan}, {"max_wait_s": math.inf},
 ])
 def test_invalid_parameters_raise_value_error(kwargs: dict) -> None:
     name = next(iter(kwargs))
@@ -518,3 +519,156 @@ def test_external_pairs_are_counted_like_own_ones() -> None:
     d = pairer.stats.as_dict()
     assert (d["matched"], d["skew_ms_signed_mean"], d["skew_ms_max"]) == (1, pytest.approx(7.0), pytest.approx(7.0))
     assert pairer.queued == 0
+
+
+# -------------------------------------------------------------------------------------------------------------
+# sync.max_wait_s: pairs without waiting for the next frame (receive times given)
+
+
+def test_without_receive_times_a_frame_never_times_out() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.0)
+    pairer.add_rgb(0, "r0")
+    assert pairer.add_thermal(4 * MS, "t") == []
+    assert pairer.next_deadline_ns() is None
+    assert pairer.expire(10**12) == []
+
+
+@pytest.mark.parametrize("thermal_first", [False, True])
+def test_isolated_pair_with_skew_is_decided_at_its_deadline(thermal_first: bool) -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.01)
+    received = 1_000 * MS  # the caller's clock, unrelated to the stamps
+    if thermal_first:
+        assert pairer.add_thermal(4 * MS, "t", received) == []
+        assert pairer.add_rgb(0, "r", received + 2 * MS) == []
+    else:
+        assert pairer.add_rgb(0, "r", received) == []
+        assert pairer.add_thermal(4 * MS, "t", received + 2 * MS) == []
+    deadline = (received if thermal_first else received + 2 * MS) + 10 * MS  # the thermal frame's receive + wait
+    assert pairer.next_deadline_ns() == deadline
+    assert pairer.expire(deadline - 1) == []
+    assert pairer.expire(deadline) == [Pair("r", "t", 0, 4 * MS)]
+    assert pairer.queued == 0 and pairer.next_deadline_ns() is None
+
+
+def test_equal_stamps_and_thermal_before_rgb_never_wait() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=10.0)
+    assert pairer.add_rgb(0, "r0", 0) == []
+    assert pairer.add_thermal(0, "t0", 1) == [Pair("r0", "t0", 0, 0)]
+    assert pairer.add_thermal(96 * MS, "t1", 2) == []
+    assert pairer.add_rgb(100 * MS, "r1", 3) == [Pair("r1", "t1", 100 * MS, 96 * MS)]
+
+
+def test_a_nearer_frame_arriving_before_the_deadline_wins() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.02)
+    pairer.add_rgb(0, "r0", 0)
+    assert pairer.add_thermal(20 * MS, "t", 21 * MS) == []
+    # beyond t but farther than r0: r0 is final at once, no wait for the deadline
+    assert pairer.add_rgb(45 * MS, "r45", 23 * MS) == [Pair("r0", "t", 0, 20 * MS)]
+    pairer2 = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.02)
+    pairer2.add_rgb(0, "r0", 0)
+    pairer2.add_thermal(20 * MS, "t", 21 * MS)
+    (pair,) = pairer2.add_rgb(25 * MS, "r25", 30 * MS)  # nearer, arrived within the wait
+    assert pair.rgb == "r25"
+
+
+def test_a_frame_arriving_after_the_deadline_comes_too_late() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.01)
+    pairer.add_rgb(0, "r0", 0)
+    pairer.add_thermal(20 * MS, "t", 21 * MS)
+    # No expire() call in between: the add notices the deadline first, as the node's deadline thread would have.
+    (pair,) = pairer.add_rgb(25 * MS, "r25", 40 * MS)
+    assert pair.rgb == "r0"
+    assert pairer.queued == 1  # r25 waits for the next thermal frame
+
+
+def test_at_the_deadline_without_a_candidate_the_first_one_within_slop_is_taken() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.01)
+    pairer.add_thermal(100 * MS, "t", 0)
+    assert pairer.expire(50 * MS) == []
+    assert pairer.next_deadline_ns() is None  # only an RGB frame can settle it now
+    assert pairer.add_rgb(10 * MS, "r10", 51 * MS) == []  # out of slop: given up
+    (pair,) = pairer.add_rgb(80 * MS, "r80", 52 * MS)
+    assert pair.rgb == "r80"
+
+
+def test_max_wait_zero_pairs_with_the_best_frame_at_hand() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.0)
+    pairer.add_rgb(0, "r0", 0)
+    pairer.add_rgb(30 * MS, "r30", 1)
+    assert pairer.add_thermal(40 * MS, "t", 2) == [Pair("r30", "t", 30 * MS, 40 * MS)]
+
+
+def test_retuning_max_wait_applies_to_queued_frames() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=10.0)
+    pairer.add_rgb(0, "r0", 0)
+    pairer.add_thermal(4 * MS, "t", 1 * MS)
+    assert pairer.expire(100 * MS) == []
+    assert pairer.retune(max_wait_s=0.05) == [Pair("r0", "t", 0, 4 * MS)]
+    assert pairer.max_wait_s == 0.05
+    with pytest.raises(ValueError, match="max_wait_s"):
+        pairer.retune(max_wait_s=-1.0)
+
+
+def _timed_events(seed: int) -> list[tuple[int, str, int]]:
+    """(receive ns, kind, stamp) of a 30 Hz RGB and a 9 Hz thermal camera with capture jitter and transport
+    delays of 0-15 ms, in receive order."""
+    rng = random.Random(seed)
+    events = []
+    for kind, period_ns, count in (("rgb", 33 * MS, 300), ("thermal", 111 * MS, 90)):
+        for i in range(count):
+            stamp = i * period_ns + rng.randint(-2 * MS, 2 * MS)
+            events.append((stamp + rng.randint(0, 15 * MS), kind, stamp))
+    return sorted(events)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_deadlines_give_the_same_pairs_whether_expire_or_the_next_frame_notices_them(seed: int) -> None:
+    """The node's deadline thread calls expire() at arbitrary moments; replay only adds frames. Same pairs."""
+    events = _timed_events(seed)
+    rng = random.Random(seed)
+    runs = []
+    for with_expire in (False, True):
+        pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.008)
+        pairs, clock = [], 0
+        for index, (received, kind, stamp) in enumerate(events):
+            while with_expire and clock < received:  # the deadline thread waking up at odd times
+                pairs += pairer.expire(clock)
+                deadline = pairer.next_deadline_ns()
+                clock = min(received, (deadline if deadline is not None else received) + rng.randint(0, 2 * MS))
+            pairs += (pairer.add_rgb if kind == "rgb" else pairer.add_thermal)(stamp, index, received)
+            _check_invariant(pairer, index + 1)
+        pairs += pairer.flush()
+        runs.append(([(p.rgb, p.thermal) for p in pairs], pairer.stats.as_dict()))
+    assert runs[0] == runs[1]
+    assert runs[0][1]["matched"] > 80
+
+
+def test_deadlines_change_only_pairs_a_nearer_late_frame_would_have_made() -> None:
+    """Against waiting for the next frame (no receive times), a deadline changes a pair only where the
+    nearer frame arrived after it; the skew stays within slop and pairs never cross."""
+    events = _timed_events(3)
+    waiting = ApproximateTimePairer(slop_s=0.05)
+    timed = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.008)
+    slow, fast = [], []
+    for index, (received, kind, stamp) in enumerate(events):
+        slow += (waiting.add_rgb if kind == "rgb" else waiting.add_thermal)(stamp, index)
+        fast += (timed.add_rgb if kind == "rgb" else timed.add_thermal)(stamp, index, received)
+    slow, fast = slow + waiting.flush(), fast + timed.flush()
+    assert len(fast) == len(slow)
+    same = sum(a.rgb == b.rgb and a.thermal == b.thermal for a, b in zip(slow, fast))
+    assert same >= 0.5 * len(slow)
+    assert all(abs(p.skew_ns) < 50 * MS for p in fast)
+    assert [p.rgb_stamp_ns for p in fast] == sorted(p.rgb_stamp_ns for p in fast)
+
+
+def test_a_regular_rgb_stream_decides_when_the_next_frame_cannot_be_nearer() -> None:
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=10.0)
+    for i in range(5):
+        pairer.add_rgb(i * 33 * MS, f"r{i}", i * 33 * MS)
+    # the next RGB frame comes at about 165 ms: farther from 137 ms than r4 (132 ms), so r4 is final at once
+    assert pairer.add_thermal(137 * MS, "t", 138 * MS) == [Pair("r4", "t", 132 * MS, 137 * MS)]
+    # nearer to the next frame (about 198 ms) than to r5 (165 ms): it waits for that frame
+    pairer.add_rgb(165 * MS, "r5", 165 * MS)
+    assert pairer.add_thermal(190 * MS, "t2", 191 * MS) == []
+    (pair,) = pairer.add_rgb(198 * MS, "r6", 199 * MS)
+    assert pair.rgb == "r6"

@@ -16,14 +16,25 @@ slop) is the offset to set, negated.
   increasing RGB and thermal stamp order. Equal distances go to the earlier RGB frame (it leaves the later one
   to the next thermal frame).
 - A thermal frame is decided as soon as its choice is final: when an available RGB frame at or beyond t' is
-  queued (per-stream stamps increase, so later RGB frames can only be farther), or when the RGB stream has
-  passed t' + slop. The pair is returned by the call that made it final.
+  queued (per-stream stamps increase, so later RGB frames can only be farther; an RGB frame with exactly the
+  stamp t' therefore pairs at once), or when the RGB stream has passed t' + slop. The pair is returned by the
+  call that made it final.
+- It is also final when the next RGB frame cannot be nearer than the nearest one so far: the RGB stream's recent
+  stamp steps bound the next stamp from below (last stamp + shortest recent step - (median step - shortest
+  step), a margin for jitter). This needs RGB_STEPS_FOR_PREDICTION steps and depends only on the stamps.
+- Otherwise it waits at most max_wait_s after it was received for a nearer RGB frame: a thermal frame given a
+  receive time (`received_ns`) is decided with the nearest available RGB frame within slop once the pairer's
+  clock reaches receive time + max_wait_s. The clock is the latest time given to add_* or `expire`, so a caller
+  that passes receive times (the node: its clock at the callback; replay: the bag's receive times) gets the same
+  pairs whether the deadline is noticed by `expire` (the node's deadline thread) or by the next add_*. If no RGB
+  frame is within slop at the deadline, the first one that arrives within slop is taken. Frames added without
+  a receive time never time out (they wait for a later RGB frame, as above).
 - A frame is counted unmatched exactly once, when it is given up: an RGB frame that no pending or future
   thermal frame can reach (stamp <= oldest pending t' - slop, or <= newest t' - slop when none is pending) or
   that a pair skipped over; a thermal frame with no RGB frame within slop; the oldest frame of a queue longer
   than queue_size (evicted, also counted in `evicted_*`, after matching had its chance with the new frame).
-  Apart from evictions and resets, the pairs depend only on the two stamp sequences, not on how the streams
-  interleave (a late thermal frame gets the same partner it would have got on time).
+  Apart from evictions, resets and max_wait_s deadlines, the pairs depend only on the two stamp sequences, not
+  on how the streams interleave (a late thermal frame gets the same partner it would have got on time).
 - A stamp more than reset_on_backwards_s older than the previous one of the same stream (bag loop, sim-time
   jump) resets: both queues are dropped (counted unmatched), `resets` += 1 and pairing restarts from that frame.
   The other stream then still delivers frames of the old timeline for a moment; until its first frame on the new
@@ -50,6 +61,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 SKEW_WINDOW = 1000  # recent skew samples kept for the summary in as_dict()
+# Half the frame period of a 10 Hz camera: the wait is paid only when the next RGB frame may be nearer than the
+# nearest one so far, and then that frame normally comes within half a period; the full wait is paid only when
+# it never comes (a lost frame, a triggered or stopped camera).
+DEFAULT_MAX_WAIT_S = 0.05
+RGB_STEPS_FOR_PREDICTION = 4  # RGB stamp steps needed before the next RGB stamp is predicted
+RGB_STEP_WINDOW = 16  # recent RGB stamp steps the prediction uses
 
 _RGB, _THERMAL = 0, 1
 _STREAM_NAMES = ("rgb", "thermal")
@@ -109,6 +126,12 @@ class PairingStats:
         return out
 
 
+def _max_wait_ns(max_wait_s: float) -> int:
+    if not (isinstance(max_wait_s, (int, float)) and math.isfinite(max_wait_s) and max_wait_s >= 0):
+        raise ValueError(f"max_wait_s must be a finite number >= 0, got {max_wait_s!r}")
+    return round(max_wait_s * 1e9)
+
+
 def _percentile(ordered: list[float], q: float) -> float:
     # Linear interpolation between closest ranks, like numpy.percentile's default.
     position = q * (len(ordered) - 1)
@@ -120,6 +143,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 class _Frame(NamedTuple):
     stamp_ns: int  # thermal: offset already applied
     item: Any
+    received_ns: int | None = None  # the caller's clock when the frame arrived; None: no max_wait_s deadline
 
 
 class ApproximateTimePairer:
@@ -130,10 +154,11 @@ class ApproximateTimePairer:
         queue_size: frames held per stream while waiting for a partner, >= 1.
         thermal_offset_s: added to thermal stamps before comparing; finite, either sign.
         reset_on_backwards_s: a backwards stamp step larger than this resets the pairer; > 0 (math.inf: never).
+        max_wait_s: longest wait of a thermal frame (given a receive time) for a nearer RGB frame; finite, >= 0.
     """
 
     def __init__(self, slop_s: float = 0.05, queue_size: int = 10, thermal_offset_s: float = 0.0,
-                 reset_on_backwards_s: float = 1.0) -> None:
+                 reset_on_backwards_s: float = 1.0, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
         if not (math.isfinite(slop_s) and slop_s > 0):
             raise ValueError(f"slop_s must be a finite number > 0, got {slop_s!r}")
         if operator.index(queue_size) < 1:
@@ -143,6 +168,7 @@ class ApproximateTimePairer:
         if not reset_on_backwards_s > 0:  # also refuses NaN
             raise ValueError(f"reset_on_backwards_s must be > 0 (math.inf disables resets), got "
                              f"{reset_on_backwards_s!r}")
+        self._max_wait_ns = _max_wait_ns(max_wait_s)
         self._slop_ns = round(slop_s * 1e9)
         if self._slop_ns < 1:
             raise ValueError(f"slop_s must be at least 1 ns, got {slop_s!r}")
@@ -155,6 +181,8 @@ class ApproximateTimePairer:
         self._last: list[int | None] = [None, None]  # newest accepted stamp per stream (thermal: with offset)
         # Set for a stream when the other one reset while this one was on the old timeline.
         self._awaiting_new_timeline = [False, False]
+        self._now_ns: int | None = None  # latest receive time given to add_* / expire (the deadline clock)
+        self._rgb_steps: deque[int] = deque(maxlen=RGB_STEP_WINDOW)
 
     # ------------------------------------------------------------------------------------------------
     # Public API
@@ -177,9 +205,26 @@ class ApproximateTimePairer:
     def thermal_offset_s(self) -> float:
         return self._offset_ns / 1e9
 
-    def retune(self, *, slop_s: float | None = None, thermal_offset_s: float | None = None) -> None:
-        """Changes slop and/or offset at run time. Queued frames were ordered with the old offset, so they are
-        given up (counted unmatched) rather than re-sorted; a retune is rare and the loss is one queue."""
+    @property
+    def max_wait_s(self) -> float:
+        return self._max_wait_ns / 1e9
+
+    def retune(self, *, slop_s: float | None = None, thermal_offset_s: float | None = None,
+               max_wait_s: float | None = None) -> list[Pair]:
+        """Changes slop, offset and/or max_wait_s at run time; returns the pairs that became final.
+
+        A new max_wait_s applies to the queued frames too (their deadlines are computed from their receive times),
+        so it may decide some at once. Queued frames were ordered with the old offset, so a new slop or offset gives
+        them up (counted unmatched) rather than re-sorting them; a retune is rare and the loss is one queue."""
+        pairs: list[Pair] = []
+        if max_wait_s is not None:
+            max_wait_ns = _max_wait_ns(max_wait_s)
+            with self._lock:
+                self._max_wait_ns = max_wait_ns
+                while self._step(pairs, end_of_stream=False):
+                    pass
+        if slop_s is None and thermal_offset_s is None:
+            return pairs
         slop_ns = self._slop_ns if slop_s is None else round(slop_s * 1e9)
         offset_ns = self._offset_ns if thermal_offset_s is None else round(thermal_offset_s * 1e9)
         if slop_ns < 1 or not math.isfinite(slop_ns / 1e9):
@@ -189,6 +234,8 @@ class ApproximateTimePairer:
             self._slop_ns, self._offset_ns = slop_ns, offset_ns
             self._last = [None, None]
             self._awaiting_new_timeline = [False, False]
+            self._rgb_steps.clear()
+        return pairs
 
     def count_external_pair(self, pair: Pair) -> None:
         """Counts a pair made by another synchroniser (the node's message_filters backend) in `stats`, so that
@@ -202,13 +249,37 @@ class ApproximateTimePairer:
         with self._lock:
             return len(self._queues[_RGB]) + len(self._queues[_THERMAL])
 
-    def add_rgb(self, stamp_ns: int, item: Any) -> list[Pair]:
-        """Adds an RGB frame; returns the pairs that became final, in increasing stamp order."""
-        return self._add(_RGB, operator.index(stamp_ns), item)
+    def add_rgb(self, stamp_ns: int, item: Any, received_ns: int | None = None) -> list[Pair]:
+        """Adds an RGB frame received at `received_ns` (the caller's clock; None: unknown); returns the pairs
+        that became final, in increasing stamp order."""
+        return self._add(_RGB, operator.index(stamp_ns), item, received_ns)
 
-    def add_thermal(self, stamp_ns: int, item: Any) -> list[Pair]:
-        """Adds a thermal frame (stamp without offset); returns the pairs that became final, in stamp order."""
-        return self._add(_THERMAL, operator.index(stamp_ns) + self._offset_ns, item)
+    def add_thermal(self, stamp_ns: int, item: Any, received_ns: int | None = None) -> list[Pair]:
+        """Adds a thermal frame (stamp without offset) received at `received_ns` (None: unknown, the frame then
+        has no max_wait_s deadline); returns the pairs that became final, in stamp order."""
+        return self._add(_THERMAL, operator.index(stamp_ns) + self._offset_ns, item, received_ns)
+
+    def expire(self, now_ns: int) -> list[Pair]:
+        """Advances the deadline clock to `now_ns`; returns the pairs whose max_wait_s ran out by then."""
+        with self._lock:
+            pairs: list[Pair] = []
+            self._advance_clock(operator.index(now_ns))
+            while self._step(pairs, end_of_stream=False):
+                pass
+            return pairs
+
+    def next_deadline_ns(self) -> int | None:
+        """When `expire` may next decide a pair (the oldest pending thermal frame's deadline), or None: nothing is
+        pending, the frame has no receive time, or its deadline passed and it waits for an RGB frame within slop
+        (which only an add_rgb can bring)."""
+        with self._lock:
+            thermal = self._queues[_THERMAL]
+            if not thermal or thermal[0].received_ns is None:
+                return None
+            deadline = thermal[0].received_ns + self._max_wait_ns
+            if self._now_ns is not None and deadline <= self._now_ns:
+                return None
+            return deadline
 
     def flush(self) -> list[Pair]:
         """End of stream: pairs the pending thermal frames with the queued RGB frames, gives up everything else."""
@@ -226,17 +297,26 @@ class ApproximateTimePairer:
             self._stats.resets += 1
             self._last = [None, None]
             self._awaiting_new_timeline = [False, False]
+            self._rgb_steps.clear()
 
     # ------------------------------------------------------------------------------------------------
     # Internals (called with the lock held)
 
-    def _add(self, stream: int, stamp_ns: int, item: Any) -> list[Pair]:
+    def _add(self, stream: int, stamp_ns: int, item: Any, received_ns: int | None) -> list[Pair]:
         with self._lock:
             pairs: list[Pair] = []
+            if received_ns is not None:
+                # Deadlines that ran out before this frame arrived are decided without it, whether or not
+                # `expire` got to them first: that keeps a live run and its replay identical.
+                self._advance_clock(operator.index(received_ns))
+                while self._step(pairs, end_of_stream=False):
+                    pass
             if not self._admit(stream, stamp_ns):
                 self._count("unmatched", stream)
                 return pairs
-            self._queues[stream].append(_Frame(stamp_ns, item))
+            self._queues[stream].append(_Frame(stamp_ns, item, self._now_ns if received_ns is not None else None))
+            if stream == _RGB and self._last[_RGB] is not None:
+                self._rgb_steps.append(stamp_ns - self._last[_RGB])
             self._last[stream] = stamp_ns
             while True:
                 while self._step(pairs, end_of_stream=False):
@@ -249,6 +329,11 @@ class ApproximateTimePairer:
                     self._queues[s].popleft()
                     self._count("unmatched", s)
                     self._count("evicted", s)
+
+    def _advance_clock(self, now_ns: int) -> None:
+        # Never backwards: a caller's clock may step back (sim time), and a deadline once passed stays passed.
+        if self._now_ns is None or now_ns > self._now_ns:
+            self._now_ns = now_ns
 
     def _admit(self, stream: int, stamp_ns: int) -> bool:
         """Stamp checks of a new frame; False means drop it. May reset the pairer."""
@@ -271,6 +356,7 @@ class ApproximateTimePairer:
             return False
         self._give_up_all()
         self._stats.resets += 1
+        self._rgb_steps.clear()
         self._awaiting_new_timeline[other] = self._last[other] is not None
         self._last[other] = None
         return True
@@ -294,8 +380,18 @@ class ApproximateTimePairer:
             final = rgb[-1].stamp_ns >= t
         else:  # nothing queued (not yet arrived, or used by earlier thermal frames): a later one may be in slop
             final = last_rgb is not None and last_rgb - t >= self._slop_ns
+        next_rgb = self._next_rgb_lower_bound()
+        if not final and next_rgb is not None:
+            # The next RGB frame lies at or beyond next_rgb: it cannot beat the nearest queued one, or reach slop.
+            nearest = t - rgb[-1].stamp_ns if rgb else self._slop_ns
+            final = next_rgb - t >= nearest
         if not (final or end_of_stream):
-            return False
+            received = thermal[0].received_ns
+            timed_out = (received is not None and self._now_ns is not None
+                         and self._now_ns >= received + self._max_wait_ns)
+            # Queued RGB frames all lie before t here, so the newest one is the nearest candidate.
+            if not (timed_out and rgb and t - rgb[-1].stamp_ns < self._slop_ns):
+                return False
         thermal_frame = thermal.popleft()
         # The queue is sorted, so the nearest frame is the last one <= t or the first one beyond; strict `<` keeps
         # the earlier frame on equal distances and enforces |skew| < slop.
@@ -317,6 +413,14 @@ class ApproximateTimePairer:
         self._count_pair(pair)
         pairs.append(pair)
         return True
+
+    def _next_rgb_lower_bound(self) -> int | None:
+        """The earliest stamp the next RGB frame is expected at, or None while too few steps are known."""
+        if len(self._rgb_steps) < RGB_STEPS_FOR_PREDICTION or self._last[_RGB] is None:
+            return None
+        ordered = sorted(self._rgb_steps)
+        shortest, median = ordered[0], ordered[len(ordered) // 2]
+        return self._last[_RGB] + shortest - (median - shortest)
 
     def _count_pair(self, pair: Pair) -> None:
         self._stats.matched += 1
