@@ -125,7 +125,8 @@ def test_batch_items_are_independent_in_eval() -> None:
 
 
 def test_stage1_reconstructions() -> None:
-    net = build_model(get_config("mafs-lite", num_classes=9))
+    # Stage I needs the paper's ResNet MafsNet (mafs-lite starts from ImageNet weights instead)
+    net = build_model(get_config("mafs-tiny", num_classes=9))
     # Batch 2: AFM's BatchNorms see 1x1 pooled maps and cannot train on a single sample.
     vi, ir = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
     rec_vi, rec_ir = MafsPretrainer(net)(vi, ir)

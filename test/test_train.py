@@ -40,6 +40,7 @@ def _tiles(root: Path, size: int = 64, with_labels: bool = True) -> Path:
 
 def _config(data: Path, out: Path, **changes) -> TrainConfig:
     cfg = TrainConfig(out_dir=str(out), batch_size=2, checkpoint_every=1, eval_every=1)
+    cfg.model.config = "mafs-tiny"  # Stage I needs the ResNet topology
     cfg.stage1.epochs, cfg.stage2.epochs = 1, 2
     cfg.data.train = [DataSource(str(data), layout="pairs")]
     cfg.data.crop_size = 64
@@ -154,7 +155,7 @@ def test_train_command_reads_a_recipe(tmp_path: Path) -> None:
     recipe.write_text(
         f"out_dir: {tmp_path / 'cli'}\nbatch_size: 2\n"
         f"data: {{train: [{{root: {data}, layout: pairs}}], crop_size: 64, workers: 0}}\n"
-        "stage1: {epochs: 1}\nstage2: {epochs: 1}\n"
+        "model: {config: mafs-tiny}\nstage1: {epochs: 1}\nstage2: {epochs: 1}\n"
     )
     assert load_train_config(recipe).data.train[0].root == str(data)
     assert main(["train", str(recipe), "--set", "optim.lr=0.005"]) == 0

@@ -6,6 +6,8 @@
 """
 
 from .config import CONFIGS, MafsConfig, get_config
-from .mafs import MafsNet, MafsOutput, MafsPretrainer, build_model
+from .build import build_model
+from .mafs import MafsNet, MafsOutput, MafsPretrainer
+from .mafs_lite import MafsLiteNet
 
-__all__ = ["CONFIGS", "MafsConfig", "MafsNet", "MafsOutput", "MafsPretrainer", "build_model", "get_config"]
+__all__ = ["CONFIGS", "MafsConfig", "MafsLiteNet", "MafsNet", "MafsOutput", "MafsPretrainer", "build_model", "get_config"]

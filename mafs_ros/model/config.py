@@ -8,6 +8,7 @@ from typing import Any
 
 EAEF_GATES = ("intended", "official_b1")
 TRUNK_BLOCKS = ("bottleneck", "basic")
+ENCODER_NAMES = ("resnet", "efficientnet_lite0")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class MafsConfig:
 
     name: str = "mafs"
     num_classes: int = 9
+    # Trunk of each modality stream (model/encoders.py): "resnet" builds `MafsNet` (the paper), the
+    # pretrained "efficientnet_lite0" builds `MafsLiteNet`, whose trunk_* and sfe/stem/inn fields are unused.
+    encoder: str = "resnet"
+    # MafsLiteNet: the encoders and the fusion weight maps run at 1/seg_downsample of the input size; the
+    # fused image is composed at the input size.
+    seg_downsample: int = 1
     # ResNet trunk per modality (conv1/fc of torchvision's ResNet are not used: the SFE replaces conv1).
     trunk_block: str = "bottleneck"
     trunk_layers: tuple[int, ...] = (3, 8, 36, 3)
@@ -33,6 +40,8 @@ class MafsConfig:
     # Segmentation path (CAM outputs, FPN pixel decoder, ARM cascade, transformer decoder, seg head) width.
     decoder_width: int = 64
     transformer_heads: int = 2
+    # CAM level (0..3 = F3..F6) the transformer decoder starts from; it ends at 8x that level's size.
+    transformer_level: int = 2
     # DEM/EAEF cross gate: "intended" (per-channel diagonal) or "official_b1" (the official code's row-0
     # gate, which the released checkpoint was trained and tested with at batch 1).
     eaef_gate: str = "intended"
@@ -43,6 +52,10 @@ class MafsConfig:
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.encoder not in ENCODER_NAMES:
+            raise ValueError(f"encoder must be one of {ENCODER_NAMES}, got {self.encoder!r}")
+        if self.seg_downsample < 1:
+            raise ValueError(f"seg_downsample must be >= 1, got {self.seg_downsample}")
         if self.trunk_block not in TRUNK_BLOCKS:
             raise ValueError(f"trunk_block must be one of {TRUNK_BLOCKS}, got {self.trunk_block!r}")
         if len(self.trunk_layers) != 4 or len(self.trunk_widths) != 4:
@@ -51,6 +64,8 @@ class MafsConfig:
             raise ValueError(f"eaef_gate must be one of {EAEF_GATES}, got {self.eaef_gate!r}")
         if self.fusion_width % 2:
             raise ValueError(f"fusion_width must be even (the INN splits it in two), got {self.fusion_width}")
+        if self.transformer_level not in (2, 3):
+            raise ValueError(f"transformer_level must be 2 (F5) or 3 (F6), got {self.transformer_level}")
         if self.decoder_width % self.transformer_heads:
             raise ValueError("decoder_width must be divisible by transformer_heads")
 
@@ -78,11 +93,10 @@ class MafsConfig:
 
 CONFIGS: dict[str, MafsConfig] = {
     "mafs": MafsConfig(name="mafs"),
-    # About 7.2 GMACs and 0.8 M parameters at 480x640 (the paper config: about 340 GMACs, 129 M): a
-    # ResNet-18-style trunk with one block per stage, and narrow full-resolution fusion features, which
-    # dominate the cost at this size.
-    "mafs-lite": MafsConfig(
-        name="mafs-lite",
+    # The paper's topology at toy widths (about 7 GMACs at 480x640 and 0.8 M parameters, random weights): tests
+    # and quick CPU runs of the ResNet path, Stage I included.
+    "mafs-tiny": MafsConfig(
+        name="mafs-tiny",
         trunk_block="basic",
         trunk_layers=(1, 1, 1, 1),
         trunk_widths=(16, 32, 64, 128),
@@ -92,11 +106,22 @@ CONFIGS: dict[str, MafsConfig] = {
         inn_blocks=3,
         decoder_width=12,
     ),
+    # Two ImageNet-pretrained EfficientNet-Lite0 streams at half the input size, a 64-wide MAFS decoder,
+    # and a 16-wide fusion path that predicts the fusion weight maps; the fused image itself is composed from
+    # the full-size sources.
+    "mafs-lite": MafsConfig(
+        name="mafs-lite",
+        encoder="efficientnet_lite0",
+        seg_downsample=2,
+        fusion_width=16,
+        decoder_width=64,
+        transformer_level=3,
+    ),
 }
 
 
 def get_config(name: str, **overrides: Any) -> MafsConfig:
-    """A named configuration (`mafs`, `mafs-lite`) with optional field overrides (e.g. num_classes)."""
+    """A named configuration (`mafs`, `mafs-lite`, `mafs-tiny`) with optional field overrides (e.g. num_classes)."""
     if name not in CONFIGS:
         raise KeyError(f"unknown model config {name!r}; known: {sorted(CONFIGS)}")
     return CONFIGS[name].replace(**overrides)

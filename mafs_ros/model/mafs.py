@@ -32,6 +32,7 @@ from .cam import CAM
 from .config import MafsConfig
 from .dem import DEM
 from .dsrm import DSRM
+from .encoders import get_encoder
 from .fusion_decoder import FusionDecoder
 from .layers import resize_to
 from .official_unused import OfficialUnusedDecoderParams, OfficialUnusedEncoderParams
@@ -87,9 +88,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.sfe_rgb = SFE(3, cfg.sfe_width, cfg.stem_width)
         self.sfe_thermal = SFE(1, cfg.sfe_width, cfg.stem_width)
-        trunk = dict(block=cfg.trunk_block, layers=cfg.trunk_layers, widths=cfg.trunk_widths)
-        self.trunk_rgb = ResNetTrunk(in_channels=cfg.stem_width, **trunk)
-        self.trunk_thermal = ResNetTrunk(in_channels=cfg.stem_width, **trunk)
+        trunk = dict(block=cfg.trunk_block, layers=cfg.trunk_layers, widths=cfg.trunk_widths, in_channels=cfg.stem_width)
+        self.trunk_rgb: ResNetTrunk = get_encoder(cfg.encoder, **trunk)
+        self.trunk_thermal: ResNetTrunk = get_encoder(cfg.encoder, **trunk)
         # DEM after the stem and after layer1..layer3 (not after layer4, as in the official code).
         dem_channels = (cfg.stem_width, *cfg.trunk_channels[:3])
         self.dem = nn.ModuleList(DEM(c, gate=cfg.eaef_gate) for c in dem_channels)
@@ -148,6 +149,7 @@ class SegmentationDecoder(nn.Module):
                 DeepSupervisionClassifier(dim, classes, 2, 2),
             ]
         )
+        self.transformer_level = cfg.transformer_level
         self.aspp = ASPP(dim)
         self.transformer_decoder = MultiStageTransformerDecoder(
             dim, cfg.transformer_heads, keep_official_unused=unused
@@ -171,7 +173,10 @@ class SegmentationDecoder(nn.Module):
         aux_inputs = (product_16, sum_16, product_8, sum_8, product_4, sum_4)
         aux = tuple(_resize_to_size(head(x), size) for head, x in zip(self.aux_heads, aux_inputs)) if with_aux else ()
 
-        x = self.transformer_decoder(f5, [self.aspp(ms[2]), self.aspp(ms[3])])
+        # The transformer starts at CAM level L (F5 in the paper) with the ASPP'd FPN maps of the two finer
+        # levels as skips (ms runs coarse to fine), and ends at 8x the size of its start.
+        level = self.transformer_level
+        x = self.transformer_decoder(cam[level], [self.aspp(ms[4 - level]), self.aspp(ms[5 - level])])
         x = self.preliminary_decoder(x)
         x = self.arm_fuse(torch.cat([rec_f1, resize_to(x, rec_f1)], 1))
         semantic = _resize_to_size(self.seg_head(x), size)
@@ -236,8 +241,3 @@ class MafsPretrainer(nn.Module):
         if self.shared_head:
             return rec_vi, rec_vi
         return rec_vi, (torch.tanh(self.ir_head(trunk)) + 1) / 2
-
-
-def build_model(cfg: MafsConfig) -> MafsNet:
-    """A MAFS network for `cfg` (in train mode, freshly initialised)."""
-    return MafsNet(cfg)

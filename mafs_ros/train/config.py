@@ -17,6 +17,11 @@ class DataSource:
     root: str
     layout: str = "auto"
     split: str = "train"
+    # Stem patterns (fnmatch, e.g. "011??N"): keep only pairs matching one of `include` (empty: all), then drop
+    # those matching one of `exclude`. Splits MFNet-style sequences by blocks of frame numbers.
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    repeat: int = 1  # each pair this many times per epoch (oversamples a small labelled set among unlabelled pairs)
 
 
 @dataclass
@@ -25,6 +30,10 @@ class DataConfig:
     val: list[DataSource] = field(default_factory=list)
     crop_size: int = 256
     augment: bool = True  # random flips and 90-degree rotations (the random crop applies whenever cropping)
+    # Random thermal contrast, gamma and local-contrast stretching, so that raw camera thermal (MFNet) and
+    # contrast-enhanced infrared (MSRS, AGC cameras) both look familiar (train/data.py thermal_appearance).
+    thermal_augment: bool = False
+    upscale_small: bool = False  # scale pairs smaller than crop_size up to it instead of refusing them
     thermal_normalization: str = "fixed"
     class_set: str = "msrs"
     workers: int = 2
@@ -37,6 +46,7 @@ class ModelConfig:
     num_classes: int = 9
     eaef_gate: str = "intended"
     init: str = ""  # optional checkpoint (ours) to start from
+    pretrained: str = ""  # "imagenet": start the EfficientNet-Lite0 encoders from their ImageNet weights
 
 
 @dataclass
@@ -51,6 +61,8 @@ class OptimConfig:
     warmup_start_lr: float = 1e-5
     poly_power: float = 0.9
     grad_clip: float = 10.0  # max global grad norm; 0 disables
+    # Learning rate of pretrained encoder weights relative to `lr` (fine-tuning keeps ImageNet features).
+    encoder_lr_scale: float = 1.0
 
 
 @dataclass

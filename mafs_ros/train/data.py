@@ -20,6 +20,7 @@ rank, or on whether the run was resumed.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,16 @@ def discover_pairs(root: str | Path, layout: str = "auto", split: str = "train")
     if problems:
         raise DatasetError(f"{layout} dataset {root} (split {split!r})", problems)
     return pairs
+
+
+def select_stems(pairs: Sequence[PairFiles], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[PairFiles]:
+    """The pairs whose stem matches one of the fnmatch patterns `include` (all when empty) and none of
+    `exclude`."""
+
+    def matches(stem: str, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(stem, pattern) for pattern in patterns)
+
+    return [p for p in pairs if (not include or matches(p.stem, include)) and not matches(p.stem, exclude)]
 
 
 def detect_layout(root: str | Path) -> str:
@@ -478,6 +489,42 @@ def joint_augment(
     return {k: np.array(a, order="C", copy=True) for k, a in out.items()}
 
 
+def thermal_appearance(ir: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random thermal look for (1, H, W) float32 in [0, 1]: raw camera thermal is low-contrast, while
+    automatic-gain cameras and contrast-enhanced datasets (MSRS) stretch it, globally and locally.
+
+    rng draws, in order: whether to change it at all (4 in 5), the percentile stretch limits, whether to add
+    local contrast (CLAHE, 1 in 3) and its clip limit, then the gamma.
+    """
+    if rng.random() >= 0.8:
+        return ir
+    low, high = np.percentile(ir, [rng.uniform(0.0, 5.0), rng.uniform(95.0, 100.0)])
+    out = np.clip((ir - low) / max(high - low, 1e-3), 0.0, 1.0)
+    if rng.random() < 1 / 3:
+        clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1.5, 4.0)), tileGridSize=(8, 8))
+        out = clahe.apply(np.round(out[0] * 255).astype(np.uint8))[None].astype(np.float32) / np.float32(255.0)
+    gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    return np.power(out, gamma, dtype=np.float32)
+
+
+def upscale_to_fit(maps: dict[str, np.ndarray], side: int) -> dict[str, np.ndarray]:
+    """Scale every map up so that its shorter side is at least `side` (a pair smaller than the training crop):
+    images bilinearly, label and label-derived maps by nearest neighbour. Maps are (..., H, W)."""
+    h, w = maps["label"].shape
+    if min(h, w) >= side:
+        return maps
+    scale = side / min(h, w)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))  # cv2 wants (W, H)
+    out = {}
+    for key, a in maps.items():
+        mode = cv2.INTER_LINEAR if key in ("vi", "ir") else cv2.INTER_NEAREST
+        planes = a.reshape(-1, h, w)
+        # float32 for every map: cv2 cannot resize int64 labels, and nearest keeps their ids exact
+        resized = [cv2.resize(p.astype(np.float32), size, interpolation=mode) for p in planes]
+        out[key] = np.stack(resized).reshape(*a.shape[:-2], size[1], size[0]).astype(a.dtype)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -498,7 +545,7 @@ class FusionSegDataset(Dataset):
         vi_masked (3, H, W), ir_masked (1, H, W) float32 (`apply_masks`)
 
     crop_size: random square crop (spec: 256); None keeps the whole image. An image smaller than the crop is
-        an error naming its files.
+        an error naming its files, or with `upscale_small` scaled up to fit it (`upscale_to_fit`).
     augment: random flip and rotation (spec §4.1). With crop_size None, a 90/270 rotation transposes the
         image, so non-square images then give items of two shapes (use batch size 1).
     stage1_masking: add the Stage-I masked inputs. The mask grid has cells of MASK_CELL (32) pixels: exactly
@@ -508,6 +555,7 @@ class FusionSegDataset(Dataset):
     class_set: the label's classes (a ClassSet or a name in class_sets.CLASS_SETS): bounds the label ids and
         names the salient classes of `mask`.
     seed: with the epoch (`set_epoch`) and the index, seeds the item's generator.
+    thermal_augment: a random thermal look per item (`thermal_appearance`), drawn after the crop.
     """
 
     def __init__(
@@ -520,6 +568,8 @@ class FusionSegDataset(Dataset):
         thermal_normalization: str | dict[str, Any] | ThermalNormalization | None = "fixed",
         class_set: str | ClassSet = "mfnet",
         seed: int = 0,
+        thermal_augment: bool = False,
+        upscale_small: bool = False,
     ) -> None:
         if not pairs:
             raise ValueError("FusionSegDataset needs at least one pair")
@@ -535,6 +585,8 @@ class FusionSegDataset(Dataset):
         self.class_set = get_class_set(class_set) if isinstance(class_set, str) else class_set
         self.salient_classes = salient_class_ids(self.class_set)
         self.seed = seed
+        self.thermal_augment = thermal_augment
+        self.upscale_small = upscale_small
         # In shared memory, so that persistent DataLoader workers (which hold copies of the dataset) see the
         # epoch set in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -562,7 +614,11 @@ class FusionSegDataset(Dataset):
         rng = self.item_rng(index)
         try:
             maps, has_label = self._load(pair)
+            if self.upscale_small and self.crop_size is not None:
+                maps = upscale_to_fit(maps, self.crop_size)
             maps = joint_augment(maps, rng, crop_size=self.crop_size, flip_rotate=self.augment)
+            if self.thermal_augment:
+                maps["ir"] = thermal_appearance(maps["ir"], rng)
         except ValueError as err:
             files = ", ".join(str(p) for p in (*pair.image_files, pair.label) if p is not None)
             raise DatasetError(f"pair {pair.stem} ({files})", [str(err)]) from err

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,9 +32,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..class_sets import get_class_set
 from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
-from ..model import MafsNet, MafsPretrainer, build_model, get_config
+from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
 from .config import OptimConfig, TrainConfig
-from .data import FusionSegDataset, discover_pairs
+from .data import FusionSegDataset, discover_pairs, select_stems
 from .losses import (
     ChannelWiseDistillation,
     FusionLoss,
@@ -89,31 +90,51 @@ def learning_rate(iteration: int, max_iter: int, optim: OptimConfig) -> float:
     return optim.lr * max(0.0, 1.0 - progress) ** optim.poly_power
 
 
-def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser over `module`'s trainable parameters; those of pretrained encoders (`trunk_*` of a
+    MafsLiteNet) form a second group whose learning rate is scaled by `encoder_lr_scale` (`lr_scale` key)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    pretrained = isinstance(module, MafsLiteNet)
+    encoder = [p for n, p in named if pretrained and n.startswith("trunk_")]
+    rest = [p for n, p in named if not (pretrained and n.startswith("trunk_"))]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if encoder:
+        groups.append({"params": encoder, "lr_scale": optim.encoder_lr_scale})
     if optim.name == "sgd":
-        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     if optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     raise ValueError(f"unknown optimiser {optim.name!r} (sgd or adamw)")
 
 
 def _pairs(sources: list, what: str) -> list:
     pairs = []
     for source in sources:
-        pairs += discover_pairs(source.root, layout=source.layout, split=source.split)
+        found = discover_pairs(source.root, layout=source.layout, split=source.split)
+        kept = select_stems(found, source.include, source.exclude)
+        if found and not kept:
+            raise ValueError(f"{source.root}: include {source.include} / exclude {source.exclude} leave no pair")
+        if source.repeat < 1:
+            raise ValueError(f"{source.root}: repeat must be >= 1, got {source.repeat}")
+        pairs += kept * source.repeat
     if not pairs and what == "training":
         raise ValueError("the training config lists no training data (data.train)")
     return pairs
 
 
-def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader worker_init_fn: leave SIGINT and SIGTERM to the main process.
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one compute thread, and SIGINT and SIGTERM left to the main process.
+
+    A worker only decodes and crops images; with the default thread pools (torch, OpenCV) it competes with
+    the training step's threads, which on a 2-core CPU made each step about ten times slower.
 
     Ctrl-C and `kill -- -PGID` or `pkill -f` signal every process of the group. A worker they kill makes the
     main process fail ("DataLoader worker ... exited unexpectedly") before it can save its state; ignoring them
     here lets the main process stop cleanly, and it ends its workers itself. Items are seeded per item
     (FusionSegDataset.item_rng), so there is no per-worker seeding to keep.
     """
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -140,9 +161,19 @@ class Trainer:
                 f"class set {self.class_set.name!r} has {len(self.class_set.class_names)} classes but the model "
                 f"has num_classes={model_cfg.num_classes}"
             )
-        self.net: MafsNet = build_model(model_cfg)
+        self.net: MafsNet | MafsLiteNet = build_model(model_cfg)
+        if cfg.model.pretrained not in ("", "imagenet"):
+            raise ValueError(f"model.pretrained must be '' or 'imagenet', got {cfg.model.pretrained!r}")
+        if cfg.model.pretrained == "imagenet":
+            if not isinstance(self.net, MafsLiteNet):
+                raise ValueError(f"model.pretrained: imagenet needs an EfficientNet-Lite0 model ({model_cfg.name} "
+                                 f"has encoder {model_cfg.encoder!r})")
+            self.net.load_imagenet_encoders()
         if cfg.model.init:
             self.net.load_state_dict(load_checkpoint(cfg.model.init).state_dict, strict=True)
+        if cfg.stage1.epochs > 0 and not isinstance(self.net, MafsNet):
+            raise ValueError(f"Stage I (masked reconstruction) needs the paper's MafsNet; {model_cfg.name} starts "
+                             "from ImageNet encoders instead: set stage1.epochs to 0")
         self.pretrainer = MafsPretrainer(self.net, shared_head=cfg.stage1_shared_head)
         self.pretrainer.to(self.device)
         if self.dist.world_size > 1 and self.device.type == "cuda":
@@ -267,7 +298,8 @@ class Trainer:
         dataset = FusionSegDataset(
             self.train_pairs, crop_size=self.cfg.data.crop_size, augment=self.cfg.data.augment, stage1_masking=stage1,
             thermal_normalization=self.cfg.data.thermal_normalization, class_set=self.class_set,
-            seed=self.cfg.seed,
+            seed=self.cfg.seed, thermal_augment=self.cfg.data.thermal_augment,
+            upscale_small=self.cfg.data.upscale_small,
         )
         per_process_batch = self.cfg.batch_size // self.dist.world_size
         if per_process_batch < 1 or per_process_batch * self.dist.world_size != self.cfg.batch_size:
@@ -278,7 +310,7 @@ class Trainer:
         )
         loader = DataLoader(
             dataset, batch_size=per_process_batch, sampler=sampler, num_workers=self.cfg.data.workers,
-            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=ignore_interrupts,
+            drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=init_worker,
         )
         if len(loader) == 0:
             raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {self.cfg.batch_size}")
@@ -287,7 +319,7 @@ class Trainer:
         model = (
             DistributedDataParallel(module, find_unused_parameters=stage1) if self.dist.world_size > 1 else module
         )
-        self.optimizer = build_optimizer([p for p in module.parameters() if p.requires_grad], self.cfg.optim)
+        self.optimizer = build_optimizer(module, self.cfg.optim)
         if self._resume_optimizer is not None:
             self.optimizer.load_state_dict(self._resume_optimizer)
             self._resume_optimizer = None
@@ -316,7 +348,7 @@ class Trainer:
             for batch in batches:
                 lr = learning_rate(self.iteration, max_iter, self.cfg.optim)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 losses = self._train_step(model, batch, stage1)
                 for name, value in losses.items():
                     self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value

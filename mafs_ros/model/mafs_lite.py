@@ -1,0 +1,151 @@
+"""MafsLiteNet: the MAFS topology on pretrained EfficientNet-Lite0 streams, sized for a CPU.
+
+Data flow (s = seg_downsample, 2 for `mafs-lite`; strides relative to the input):
+
+    visible (B,3,H,W), infrared (B,1,H,W), both in [0, 1]
+      -> both downsampled to H/s x W/s, ImageNet-normalised
+      -> EfficientNet-Lite0 per modality (ImageNet weights; the thermal stem takes the summed RGB filters),
+         DEM cross-modal gating after the stride-4s, 8s and 16s stages
+      -> CAM per level: F3 @1/4s, F4 @1/8s, F5 @1/16s, F6 @1/32s (decoder_width)
+    segmentation: the MAFS segmentation decoder (FPN, ARM cascade, ASPP, transformer decoder, seg head),
+                  fed with the fusion features at F3's size, logits resized to H x W
+    fusion:       shallow features of both images @1/2s -> AFM -> PHF (modulated by F3: semantic guidance)
+                  -> DSRM -> three maps @1/2s, upsampled to H x W: the infrared weight w, a detail gain g and
+                  an offset o. fused = clamp(b + g * (b - blur(b)) + o) with b = w * ir + (1 - w) * Y.
+
+Why the fused image is composed rather than decoded: at full resolution every convolution costs more than
+the whole budget of a CPU frame, while the weight maps are smooth and fine at 1/2s. Composing from the
+full-size sources keeps every edge of both images; w starts as a soft "brighter source wins" choice, which
+fusion metrics reward, and the network learns where to depart from it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .afm import AFM
+from .cam import CAM
+from .config import MafsConfig
+from .dem import DEM
+from .dsrm import DSRM
+from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, load_imagenet_weights
+from .encoders import get_encoder
+from .layers import resize_to
+from .mafs import MafsOutput, SegmentationDecoder
+from .phf import PHF
+
+# A grey (thermal) image is normalised like ImageNet's mean grey.
+THERMAL_MEAN = (sum(IMAGENET_MEAN) / 3,)
+THERMAL_STD = (sum(IMAGENET_STD) / 3,)
+# BT.601 luma, the Y of the engine's YCbCr.
+LUMA = (0.299, 0.587, 0.114)
+# Initial sharpness of the "brighter source wins" prior on the infrared weight (logit per unit of ir - Y).
+MAX_PRIOR = 8.0
+
+
+class _ConvBNReLU(nn.Sequential):
+    """conv3x3 (no bias) -> BN -> ReLU. Shapes: (B, in, H, W) -> (B, out, H / stride, W / stride)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class FusionComposer(nn.Module):
+    """Predicts the fusion maps from the fusion features and composes the fused luminance at full size.
+
+    Shapes: features (B, C, h, w), ir (B, 1, H, W), y (B, 1, H, W) -> fused (B, 1, H, W) in [0, 1].
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.maps = nn.Conv2d(channels, 3, 3, padding=1)
+        self.max_prior = nn.Parameter(torch.tensor(MAX_PRIOR))
+        nn.init.zeros_(self.maps.weight)
+        with torch.no_grad():
+            self.maps.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))  # w from the prior, g = softplus(-1) ~ 0.31
+
+    def forward(self, features: torch.Tensor, ir: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        maps = F.interpolate(self.maps(features), size=ir.shape[-2:], mode="bilinear", align_corners=False)
+        weight = torch.sigmoid(maps[:, 0:1] + self.max_prior * (ir - y))
+        gain = F.softplus(maps[:, 1:2])
+        offset = 0.1 * torch.tanh(maps[:, 2:3])
+        base = weight * ir + (1 - weight) * y
+        detail = base - F.avg_pool2d(base, 5, stride=1, padding=2, count_include_pad=False)
+        return (base + gain * detail + offset).clamp(0.0, 1.0)
+
+
+def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+
+
+def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class MafsLiteNet(nn.Module):
+    """MAFS on EfficientNet-Lite0 streams (see the module docstring). forward(vi, ir) -> MafsOutput, with the
+    six deep-supervision maps in train mode, as `MafsNet`."""
+
+    def __init__(self, cfg: MafsConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.trunk_rgb: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=3)
+        self.trunk_thermal: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=1)
+        channels = self.trunk_rgb.out_channels
+        self.dem = nn.ModuleList(DEM(c, gate=cfg.eaef_gate) for c in channels[:3])
+        self.cam = nn.ModuleList(CAM(c, cfg.decoder_width) for c in channels)
+        width = cfg.fusion_width
+        # The fusion path runs at 1/2s: the maps it predicts only correct the full-size "brighter source"
+        # prior of FusionComposer, so they can be coarse, and at 1/s DSRM's concatenations cost a CPU frame.
+        self.shallow_rgb = _ConvBNReLU(3, width, stride=2)
+        self.shallow_thermal = _ConvBNReLU(1, width, stride=2)
+        self.afm = AFM(width, width)
+        # F3 is narrowed before PHF upsamples it: a decoder_width-wide map at 1/s costs more than the rest.
+        self.guide = nn.Conv2d(cfg.decoder_width, width, 1)
+        self.phf = PHF(width, width, width)
+        self.dsrm = DSRM(width, width)
+        self.composer = FusionComposer(width)
+        self.seg_decoder = SegmentationDecoder(cfg)
+
+    def load_imagenet_encoders(self, path: str | None = None) -> None:
+        """Initialise both trunks from the ImageNet weights (the training start; see efficientnet_lite)."""
+        load_imagenet_weights(self.trunk_rgb, path)
+        load_imagenet_weights(self.trunk_thermal, path)
+
+    def _encode(self, vi: torch.Tensor, ir: torch.Tensor) -> list[torch.Tensor]:
+        rgb = self.trunk_rgb.stem(_normalize(vi, IMAGENET_MEAN, IMAGENET_STD))
+        thermal = self.trunk_thermal.stem(_normalize(ir, THERMAL_MEAN, THERMAL_STD))
+        cam_features = []
+        stages = zip(self.trunk_rgb.stages(), self.trunk_thermal.stages())
+        for level, (rgb_stage, thermal_stage) in enumerate(stages):
+            rgb, thermal = rgb_stage(rgb), thermal_stage(thermal)
+            if level < len(self.dem):
+                rgb, thermal = torch.chunk(self.dem[level](torch.cat([rgb, thermal], 1)), 2, dim=1)
+            cam_features.append(self.cam[level](rgb, thermal))
+        return cam_features
+
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None) -> MafsOutput:
+        ir = ir[:, :1]
+        if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
+            raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
+        factor = self.config.seg_downsample
+        vi_small, ir_small = _downsample(vi, factor), _downsample(ir, factor)
+        cam_features = self._encode(vi_small, ir_small)
+
+        fusion = self.afm(self.shallow_rgb(vi_small), self.shallow_thermal(ir_small))
+        fusion = self.dsrm(self.phf(fusion, self.guide(cam_features[0])))
+        luma = torch.tensor(LUMA, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
+        fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
+
+        with_aux = self.training if with_aux is None else with_aux
+        size = tuple(vi.shape[-2:])
+        semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
+        return MafsOutput(semantic, aux, fused)
