@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -123,10 +122,11 @@ def _pairs(sources: list, what: str) -> list:
 
 
 def init_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: one compute thread, and SIGINT and SIGTERM left to the main process.
+    """DataLoader worker_init_fn: one torch thread, and SIGINT and SIGTERM left to the main process.
 
-    A worker only decodes and crops images; with the default thread pools (torch, OpenCV) it competes with
-    the training step's threads, which on a 2-core CPU made each step about ten times slower.
+    A worker only decodes and crops images; with torch's default thread pool it competes with the training
+    step's threads, which on a 2-core CPU made each step about ten times slower. (OpenCV's pool is left alone:
+    resizing it in a child forked after the parent used it, e.g. after validation, deadlocks.)
 
     Ctrl-C and `kill -- -PGID` or `pkill -f` signal every process of the group. A worker they kill makes the
     main process fail ("DataLoader worker ... exited unexpectedly") before it can save its state; ignoring them
@@ -134,7 +134,6 @@ def init_worker(worker_id: int) -> None:
     (FusionSegDataset.item_rng), so there is no per-worker seeding to keep.
     """
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
