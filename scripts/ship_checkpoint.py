@@ -67,6 +67,7 @@ def main() -> int:
         "run_config": json.loads((args.run_dir / "run_config.json").read_text()),
         "training_minutes": round(sum(row["seconds"] for row in history) / 60, 1),
         "data": DATA,
+        "msrs_sample_fusion_mean": fusion["msrs_sample"]["mafs-lite"]["mean"],
         "fusion_metrics": fusion,
         "segmentation_validation": segmentation,
         "fpn_baseline_validation": baseline,

@@ -234,11 +234,12 @@ def test_frames_missing_from_a_stream_are_counted_and_warned(ros):
         else:
             thermal_pub.publish(image_msg(thermal, "mono8", stamp, "camera_thermal"))
         time.sleep(0.01)  # the stamps say 10 Hz; only their gaps matter, not when they are sent
-    assert ros.wait_for(lambda: node.counters()["received_rgb"] == 90)
-    assert ros.wait_for(lambda: diagnostics_values(ros)[0] == DiagnosticStatus.WARN
-                        and "thermal_frames_missed" in diagnostics_values(ros)[2]
-                        and int(diagnostics_values(ros)[2]["thermal_frames_missed"]) > 0)
+    assert ros.wait_for(lambda: node.counters()["received_rgb"] == 90 and node.counters()["received_thermal"] == 60)
     counters = node.counters()
+    # a diagnostics message published after the last frame was counted (one sent mid-stream shows fewer gaps)
+    assert ros.wait_for(lambda: diagnostics_values(ros)[0] == DiagnosticStatus.WARN
+                        and diagnostics_values(ros)[2].get("thermal_frames_missed")
+                        == str(counters["thermal_frames_missed"]))
     estimated = counters["thermal_frames_missed"]
     print(f"\nthermal frames missed: estimated {estimated}, truth {missing - 1} (the last one is not followed by a "
           "frame, so no gap shows it)")

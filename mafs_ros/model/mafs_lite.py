@@ -143,8 +143,8 @@ class MafsLiteNet(nn.Module):
         cam_features = self._encode(vi_small, ir_small)
 
         fusion = self.afm(self.shallow_rgb(vi_small), self.shallow_thermal(ir_small))
-        # The semantic guide is detached: the fusion losses train the fusion path only. Through a shared
-        # encoder their gradients outweigh the segmentation loss's and keep the encoders from learning classes.
+        # The semantic guide is detached: the fusion losses train the fusion path only, and the encoders are
+        # shaped by segmentation alone (the fusion weight is the larger one, and it needs no class features).
         fusion = self.dsrm(self.phf(fusion, self.guide(cam_features[0].detach())))
         luma = torch.tensor(LUMA, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
         fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
