@@ -135,6 +135,14 @@ class RosHarness:
 # Frame accounting, memory, and the soak run
 
 
+def diagnostics_values(ros: RosHarness) -> tuple[int | None, str, dict[str, str]]:
+    """Level, message and values of the newest /diagnostics status (None, "", {} before the first one)."""
+    if not ros.messages("/diagnostics"):
+        return None, "", {}
+    status = ros.messages("/diagnostics")[-1].status[0]
+    return status.level, status.message, {kv.key: kv.value for kv in status.values}
+
+
 def accounting(counters: dict[str, Any]) -> dict[str, int]:
     """Both sides of MafsNode's frame identities (see MafsNode.counters), equal once the node is idle:
     received == counted (every input frame) and pairs_matched == pairs_counted (every pair)."""

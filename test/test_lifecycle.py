@@ -17,7 +17,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from mafs_ros.msg import FusedSegmentation
 from rcl_interfaces.msg import Log
 from rclpy.parameter import Parameter
-from ros_harness import DOMAIN_ID, RosHarness, image_msg, sample_pairs
+from ros_harness import DOMAIN_ID, RosHarness, diagnostics_values, image_msg, sample_pairs
 from sensor_msgs.msg import Image
 from stand_in_net import KnownNet
 
@@ -91,13 +91,6 @@ def input_topics(node: MafsNode) -> set[str]:
     return {subscription.topic_name for subscription in node.subscriptions} & {"/rgb/image", "/thermal/image"}
 
 
-def last_diagnostics(ros: RosHarness) -> tuple[int | None, str, dict[str, str]]:
-    if not ros.messages("/diagnostics"):
-        return None, "", {}
-    status = ros.messages("/diagnostics")[-1].status[0]
-    return status.level, status.message, {kv.key: kv.value for kv in status.values}
-
-
 def test_configure_activate_deactivate_cleanup_shutdown_through_the_services(ros):
     engine = StandInEngine(128, 160, delay_s=INFER_S)
     engine_alive = weakref.ref(engine)
@@ -107,7 +100,7 @@ def test_configure_activate_deactivate_cleanup_shutdown_through_the_services(ros
 
     assert lifecycle.state() == "unconfigured"
     assert input_topics(node) == set()
-    assert ros.wait_for(lambda: "unconfigured" in last_diagnostics(ros)[1], 5)
+    assert ros.wait_for(lambda: "unconfigured" in diagnostics_values(ros)[1], 5)
 
     assert lifecycle.transition("configure")
     assert lifecycle.state() == "inactive"
@@ -132,8 +125,8 @@ def test_configure_activate_deactivate_cleanup_shutdown_through_the_services(ros
     counters = node.counters()
     assert counters["dropped_on_deactivate"] == 1 and counters["published"] == 1
     assert counters["pairing"]["matched"] == counters["published"] + counters["dropped"]
-    assert ros.wait_for(lambda: last_diagnostics(ros)[2].get("dropped_on_deactivate") == "1", 5)
-    level, message, values = last_diagnostics(ros)
+    assert ros.wait_for(lambda: diagnostics_values(ros)[2].get("dropped_on_deactivate") == "1", 5)
+    level, message, values = diagnostics_values(ros)
     assert level == DiagnosticStatus.OK and "inactive" in message and values["lifecycle_state"] == "inactive"
 
     # Active again: it subscribes and fuses again.
@@ -166,8 +159,8 @@ def test_a_failed_configure_says_why_and_leaves_the_node_unconfigured(ros):
     assert ros.wait_for(lambda: any(
         log.level == Log.ERROR and "configure failed" in log.msg and "/nonexistent/model.safetensors" in log.msg
         for log in ros.messages("/rosout")), 5)
-    assert ros.wait_for(lambda: last_diagnostics(ros)[0] == DiagnosticStatus.ERROR
-                        and "/nonexistent/model.safetensors" in last_diagnostics(ros)[1], 5)
+    assert ros.wait_for(lambda: diagnostics_values(ros)[0] == DiagnosticStatus.ERROR
+                        and "/nonexistent/model.safetensors" in diagnostics_values(ros)[1], 5)
     # Unconfigured, the parameters read by configure may change; configured, they may not.
     assert node.set_parameters([Parameter("checkpoint", value="/elsewhere/model.safetensors")])[0].successful
     assert not node.set_parameters([Parameter("lifecycle", value=False)])[0].successful

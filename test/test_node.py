@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from mafs_ros.msg import FusedSegmentation, SegmentationInfo
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import DOMAIN_ID, RosHarness, image_msg, sample_pairs
+from ros_harness import DOMAIN_ID, RosHarness, diagnostics_values, image_msg, sample_pairs
 from sensor_msgs.msg import CameraInfo, Image
 from stand_in_net import NUM_CLASSES, KnownNet
 
@@ -207,14 +207,6 @@ def test_max_wait_changes_at_run_time_and_refuses_bad_values(ros):
     for bad in (-0.1, float("nan")):
         refused = node.set_parameters([Parameter("sync.max_wait_s", value=bad)])[0]
         assert not refused.successful and "sync.max_wait_s" in refused.reason
-
-
-def diagnostics_values(ros: RosHarness) -> tuple[int | None, str, dict[str, str]]:
-    """Level, message and values of the newest /diagnostics status (None, "", {} before the first one)."""
-    if not ros.messages("/diagnostics"):
-        return None, "", {}
-    status = ros.messages("/diagnostics")[-1].status[0]
-    return status.level, status.message, {kv.key: kv.value for kv in status.values}
 
 
 def test_frames_missing_from_a_stream_are_counted_and_warned(ros):

@@ -30,7 +30,13 @@ from .cam import CAM
 from .config import MafsConfig
 from .dem import DEM
 from .dsrm import DSRM
-from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, load_imagenet_weights
+from .efficientnet_lite import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetLite0,
+    imagenet_normalize,
+    load_imagenet_weights,
+)
 from .encoders import get_encoder
 from .layers import resize_to
 from .mafs import MafsOutput, SegmentationDecoder
@@ -86,12 +92,6 @@ def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
 
 
-def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
-
-
 class MafsLiteNet(nn.Module):
     """MAFS on EfficientNet-Lite0 streams (see the module docstring). forward(vi, ir) -> MafsOutput, with the
     six deep-supervision maps in train mode, as `MafsNet`."""
@@ -123,8 +123,8 @@ class MafsLiteNet(nn.Module):
         load_imagenet_weights(self.trunk_thermal, path)
 
     def _encode(self, vi: torch.Tensor, ir: torch.Tensor) -> list[torch.Tensor]:
-        rgb = self.trunk_rgb.stem(_normalize(vi, IMAGENET_MEAN, IMAGENET_STD))
-        thermal = self.trunk_thermal.stem(_normalize(ir, THERMAL_MEAN, THERMAL_STD))
+        rgb = self.trunk_rgb.stem(imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD))
+        thermal = self.trunk_thermal.stem(imagenet_normalize(ir, THERMAL_MEAN, THERMAL_STD))
         cam_features = []
         stages = zip(self.trunk_rgb.stages(), self.trunk_thermal.stages())
         for level, (rgb_stage, thermal_stage) in enumerate(stages):
