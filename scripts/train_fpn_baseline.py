@@ -114,7 +114,7 @@ def main() -> int:
     train_pairs = [p for p in _pairs(cfg.data.train, "training") if p.label is not None]
     val_pairs = [p for p in _pairs(cfg.data.val, "validation") if p.label is not None]
     dataset = FusionSegDataset(
-        train_pairs, crop_size=cfg.data.crop_size, thermal_augment=cfg.data.thermal_augment,
+        train_pairs, crop_size=cfg.data.crop_size, augment=cfg.data.augment, thermal_augment=cfg.data.thermal_augment,
         class_set=class_set, seed=cfg.seed, thermal_normalization=cfg.data.thermal_normalization,
     )
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=1,

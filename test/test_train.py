@@ -62,7 +62,7 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 def test_a_few_iterations_lower_the_loss(tmp_path: Path) -> None:
     data = _tiles(tmp_path / "data")
-    cfg = _config(data, tmp_path / "run", data__augment=False, eval_every=6)
+    cfg = _config(data, tmp_path / "run", data__augment="none", eval_every=6)
     cfg.data.val = [DataSource(str(data), layout="pairs")]
     cfg.stage1.epochs, cfg.stage2.epochs = 0, 12
     path = train(cfg)
@@ -130,7 +130,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, stage1_epochs: int, 
     # EPYC, 0.1 % of the update). So the runs are compared relative to the update: a DDP that did not average
     # gradients, or averaged them twice, would be off by about the whole update.
     data = _tiles(tmp_path / "data", with_labels=False)
-    changes = dict(batch_size=4, freeze_bn=True, data__augment=False)
+    changes = dict(batch_size=4, freeze_bn=True, data__augment="none")
     runs = {}
     for name, epochs in {"init": (0, 0), "single": (stage1_epochs, stage2_epochs)}.items():
         cfg = _config(data, tmp_path / name, **changes)

@@ -26,6 +26,7 @@ from mafs_ros.train.data import (
     flip,
     grid_masks,
     joint_augment,
+    scene_augment,
     load_pair,
     rotate,
     salient_class_ids,
@@ -136,7 +137,7 @@ def test_discover_mfnet_split_lists(tmp_path, samples):
 
 def test_mfnet_rgbt_channels_are_read_as_rgb_and_thermal(tmp_path, samples):
     _make_mfnet(tmp_path, samples, {"train": "\n".join(STEMS)})
-    dataset = FusionSegDataset(discover_pairs(tmp_path), crop_size=None, augment=False)
+    dataset = FusionSegDataset(discover_pairs(tmp_path), crop_size=None, augment="none")
     for (stem, vi, ir, label), item in zip(samples, dataset):
         assert item["name"] == stem
         np.testing.assert_allclose(item["vi"].numpy(), vi.transpose(2, 0, 1) / 255.0, atol=1e-7)
@@ -397,6 +398,29 @@ def test_joint_augment_without_crop_or_flips():
         joint_augment({"a": np.zeros((4, 5)), "b": np.zeros((5, 4))}, np.random.default_rng(0), crop_size=None)
 
 
+def test_scene_augment_keeps_scenes_upright_and_maps_aligned():
+    h, w, crop = 48, 64, 32
+    maps = _coordinate_maps(h, w)
+    mirrored, spans = set(), []
+    for seed in range(40):
+        out = scene_augment(maps, np.random.default_rng(seed), crop_size=crop, scale_range=(0.7, 1.4))
+        assert all(a.shape[-2:] == (crop, crop) and a.flags.c_contiguous for a in out.values())
+        assert {k: a.dtype for k, a in out.items()} == {k: a.dtype for k, a in maps.items()}
+        r, c = np.divmod(out["label"], w)  # nearest neighbour: every id is a real input pixel
+        assert (np.diff(r, axis=0) >= 0).all()  # never upside down
+        col_steps = np.diff(c, axis=1)
+        assert (col_steps >= 0).all() or (col_steps <= 0).all()
+        mirrored.add(bool((col_steps < 0).any()))
+        np.testing.assert_allclose(out["vi"][0] * h, r, atol=1.0)  # images and label show the same place
+        np.testing.assert_allclose(out["vi"][1] * w, c, atol=1.0)
+        np.testing.assert_array_equal(out["bi"], r)
+        spans.append(r.max() - r.min())
+    assert mirrored == {True, False}
+    assert min(spans) < 0.8 * crop < 1.2 * crop < max(spans)  # zoomed in and out
+    scaled = scene_augment(maps, np.random.default_rng(0), crop_size=56, scale_range=(0.5, 0.5))
+    assert scaled["label"].shape == (56, 56)  # too small after scaling: scaled up to fit the crop
+
+
 def test_dataset_keeps_images_label_and_derived_maps_aligned(tmp_path):
     # Images and label all functions of the pixel's (row, col), read back through the whole loader.
     h, w = 40, 56
@@ -489,9 +513,9 @@ def test_sixteen_bit_thermal(tmp_path, samples):
     pairs = discover_pairs(tmp_path)
     rgb, thermal, label = load_pair(pairs[0])
     assert thermal.dtype == np.uint16 and np.array_equal(rgb, vi) and label is None  # raw, not yet normalised
-    item = FusionSegDataset(pairs, crop_size=None, augment=False)[0]
+    item = FusionSegDataset(pairs, crop_size=None, augment="none")[0]
     np.testing.assert_allclose(item["ir"][0].numpy(), ir / 255.0, atol=1e-6)
-    stretched = FusionSegDataset(pairs, crop_size=None, augment=False, thermal_normalization="minmax")[0]
+    stretched = FusionSegDataset(pairs, crop_size=None, augment="none", thermal_normalization="minmax")[0]
     assert float(stretched["ir"].min()) == 0.0 and float(stretched["ir"].max()) == pytest.approx(1.0)
 
 

@@ -15,8 +15,8 @@ Data flow (s = seg_downsample, 2 for `mafs-lite`; strides relative to the input)
 
 Why the fused image is composed rather than decoded: at full resolution every convolution costs more than
 the whole budget of a CPU frame, while the weight maps are smooth and fine at 1/2s. Composing from the
-full-size sources keeps every edge of both images; w starts as a soft "brighter source wins" choice, which
-fusion metrics reward, and the network learns where to depart from it.
+full-size sources keeps every edge of both images; w starts as a near-hard "brighter source wins" choice,
+which fusion metrics reward, and the network learns where to depart from it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ THERMAL_STD = (sum(IMAGENET_STD) / 3,)
 # BT.601 luma, the Y of the engine's YCbCr.
 LUMA = (0.299, 0.587, 0.114)
 # Initial sharpness of the "brighter source wins" prior on the infrared weight (logit per unit of ir - Y).
-MAX_PRIOR = 8.0
+# Steep, so that w is close to a per-pixel choice of one source: a soft blend averages the two images wherever
+# their intensities are close, which costs contrast and the information each source carries (EN, MI, VIF).
+MAX_PRIOR = 40.0
 
 
 class _ConvBNReLU(nn.Sequential):

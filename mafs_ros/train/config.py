@@ -29,7 +29,9 @@ class DataConfig:
     train: list[DataSource] = field(default_factory=list)
     val: list[DataSource] = field(default_factory=list)
     crop_size: int = 256
-    augment: bool = True  # random flips and 90-degree rotations (the random crop applies whenever cropping)
+    # "official": random flips and 90-degree rotations (the paper); "scene": horizontal flips and random
+    # scale, upright; "none". The random crop applies whenever cropping.
+    augment: str = "official"
     # Random thermal contrast, gamma and local-contrast stretching, so that raw camera thermal (MFNet) and
     # contrast-enhanced infrared (MSRS, AGC cameras) both look familiar (train/data.py thermal_appearance).
     thermal_augment: bool = False

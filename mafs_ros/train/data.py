@@ -58,6 +58,8 @@ MASK_CELL = 32
 
 # Official augmentation modes, in the order of PSFusion's utils.randfilp / utils.randrot (mode = index).
 FLIPS = ("vertical", "horizontal", "none")
+AUGMENTATIONS = ("official", "scene", "none")  # FusionSegDataset's `augment`
+SCENE_SCALES = (0.7, 1.4)  # scene_augment's scale range around the deployed scale
 ROTATIONS = (90, 180, 270, 0)  # degrees counter-clockwise, as numpy.rot90
 
 MAX_LISTED_PROBLEMS = 50
@@ -507,22 +509,55 @@ def thermal_appearance(ir: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.power(out, gamma, dtype=np.float32)
 
 
+def resize_maps(maps: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Every map (..., H, W) resized to size (H', W'): images ("vi", "ir") bilinearly, the label and the
+    label-derived maps by nearest neighbour (their ids stay exact)."""
+    h, w = maps["label"].shape
+    out = {}
+    for key, a in maps.items():
+        mode = cv2.INTER_LINEAR if key in ("vi", "ir") else cv2.INTER_NEAREST_EXACT  # pixel centres, as bilinear
+        planes = a.reshape(-1, h, w)
+        # float32 for every map: cv2 cannot resize int64 labels
+        resized = [cv2.resize(p.astype(np.float32), (size[1], size[0]), interpolation=mode) for p in planes]
+        out[key] = np.stack(resized).reshape(*a.shape[:-2], *size).astype(a.dtype)
+    return out
+
+
 def upscale_to_fit(maps: dict[str, np.ndarray], side: int) -> dict[str, np.ndarray]:
-    """Scale every map up so that its shorter side is at least `side` (a pair smaller than the training crop):
-    images bilinearly, label and label-derived maps by nearest neighbour. Maps are (..., H, W)."""
+    """Scale every map up (`resize_maps`) so that its shorter side is at least `side` (a pair smaller than
+    the training crop). Maps are (..., H, W)."""
     h, w = maps["label"].shape
     if min(h, w) >= side:
         return maps
     scale = side / min(h, w)
-    size = (max(side, round(w * scale)), max(side, round(h * scale)))  # cv2 wants (W, H)
-    out = {}
-    for key, a in maps.items():
-        mode = cv2.INTER_LINEAR if key in ("vi", "ir") else cv2.INTER_NEAREST
-        planes = a.reshape(-1, h, w)
-        # float32 for every map: cv2 cannot resize int64 labels, and nearest keeps their ids exact
-        resized = [cv2.resize(p.astype(np.float32), size, interpolation=mode) for p in planes]
-        out[key] = np.stack(resized).reshape(*a.shape[:-2], size[1], size[0]).astype(a.dtype)
-    return out
+    return resize_maps(maps, (max(side, round(h * scale)), max(side, round(w * scale))))
+
+
+def scene_augment(
+    maps: dict[str, np.ndarray], rng: np.random.Generator, *, crop_size: int | None,
+    scale_range: tuple[float, float] = SCENE_SCALES,
+) -> dict[str, np.ndarray]:
+    """Upright augmentation for camera scenes: a horizontal flip (1 in 2), a random scale, then a random crop,
+    the same for every map (..., H, W). Road scenes are never upside down, so unlike the official flips and
+    rotations (`joint_augment`) every sample shows a view the deployed camera can see, which is what a
+    segmentation head trained on a hundred frames needs.
+
+    rng draws, in order: the flip, the scale (log-uniform in scale_range), the crop's top and left offsets.
+    A scaled image smaller than the crop is scaled up to fit it. Returns C-contiguous copies.
+    """
+    h, w = maps["label"].shape
+    out = {k: np.flip(a, -1) for k, a in maps.items()} if rng.random() < 0.5 else dict(maps)
+    scale = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
+    if crop_size is not None:
+        scale = max(scale, crop_size / min(h, w))
+    size = (round(h * scale), round(w * scale))
+    if size != (h, w):
+        out = resize_maps({k: np.ascontiguousarray(a) for k, a in out.items()}, size)
+    if crop_size is not None:
+        top = int(rng.integers(size[0] - crop_size + 1))
+        left = int(rng.integers(size[1] - crop_size + 1))
+        out = {k: a[..., top : top + crop_size, left : left + crop_size] for k, a in out.items()}
+    return {k: np.array(a, order="C", copy=True) for k, a in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -546,8 +581,9 @@ class FusionSegDataset(Dataset):
 
     crop_size: random square crop (spec: 256); None keeps the whole image. An image smaller than the crop is
         an error naming its files, or with `upscale_small` scaled up to fit it (`upscale_to_fit`).
-    augment: random flip and rotation (spec §4.1). With crop_size None, a 90/270 rotation transposes the
-        image, so non-square images then give items of two shapes (use batch size 1).
+    augment: "official": random flip and rotation (`joint_augment`, the paper's recipe); with crop_size None,
+        a 90/270 rotation transposes the image, so non-square images then give items of two shapes (use batch
+        size 1). "scene": horizontal flip and random scale, upright (`scene_augment`). "none": crop only.
     stage1_masking: add the Stage-I masked inputs. The mask grid has cells of MASK_CELL (32) pixels: exactly
         the official 8x8 grid on a 256 crop, about 32 pixels per cell on other sizes.
     thermal_normalization: anything `ThermalNormalization.from_spec` takes ("fixed": uint8 / 255, uint16 /
@@ -563,7 +599,7 @@ class FusionSegDataset(Dataset):
         pairs: Sequence[PairFiles],
         *,
         crop_size: int | None = 256,
-        augment: bool = True,
+        augment: str = "official",
         stage1_masking: bool = False,
         thermal_normalization: str | dict[str, Any] | ThermalNormalization | None = "fixed",
         class_set: str | ClassSet = "mfnet",
@@ -577,6 +613,8 @@ class FusionSegDataset(Dataset):
             raise ValueError(f"crop_size must be positive or None, got {crop_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; known: {AUGMENTATIONS}")
         self.pairs = list(pairs)
         self.crop_size = crop_size
         self.augment = augment
@@ -616,7 +654,10 @@ class FusionSegDataset(Dataset):
             maps, has_label = self._load(pair)
             if self.upscale_small and self.crop_size is not None:
                 maps = upscale_to_fit(maps, self.crop_size)
-            maps = joint_augment(maps, rng, crop_size=self.crop_size, flip_rotate=self.augment)
+            if self.augment == "scene":
+                maps = scene_augment(maps, rng, crop_size=self.crop_size)
+            else:
+                maps = joint_augment(maps, rng, crop_size=self.crop_size, flip_rotate=self.augment == "official")
             if self.thermal_augment:
                 maps["ir"] = thermal_appearance(maps["ir"], rng)
         except ValueError as err:
