@@ -1,7 +1,7 @@
 """mafs_ros: MAFS infrared-visible image fusion and semantic segmentation for ROS 2.
 
-The package is importable without ROS: the model, engine, trainer, metrics and replay only need torch and
-numpy; `mafs_ros.ros` is the only part that imports rclpy.
+The package is importable without ROS: only the node, the bench's node records and `mafs demo` need rclpy. Which
+module may import what (torch, rclpy, each other) is in docs/ARCHITECTURE.md.
 """
 
 import pkgutil

@@ -28,23 +28,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from .checkpoint import DEFAULT_CHECKPOINT
+from .constants import BENCH_CONFIGS
 from .engine import MafsEngine, resolve_device
+from .io.samples import sample_count, sample_pairs
 from .model import build_model, get_config
 from .model.complexity import count_macs
+from .stats import percentile
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 SIZES = ((480, 640), (600, 800))
-CONFIGS = ("mafs", "mafs-lite")
 BATCHES = (1, 8)
 WHATS = ("engine", "eager_reference", "node_overhead", "node_end_to_end")
-# Reduced precision must keep the fused image and the labels of fp32 (the issue's acceptance bounds).
+# What reduced precision must keep of fp32's fused image (PSNR) and labels (agreement): `check_precision`'s bounds.
 MIN_PSNR_DB = 40.0
 MIN_LABEL_AGREEMENT = 0.995
 
@@ -113,25 +113,7 @@ def timed_runs(
 
 def summarize(times: Sequence[float]) -> tuple[float, float]:
     """(median, p95) in the units of `times`."""
-    return float(statistics.median(times)), float(np.percentile(times, 95))
-
-
-def sample_pairs(
-    size: tuple[int, int], count: int, sample_dir: Path = SAMPLE_DIR
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` real (RGB uint8 (H, W, 3), thermal uint8 (H, W)) pairs from the bundled sample, resized to `size`
-    and cycled when `count` exceeds the sample."""
-    names = sorted(p.name for p in (sample_dir / "vi").glob("*.png"))
-    if not names:
-        raise FileNotFoundError(f"no sample pairs in {sample_dir}/vi")
-    pairs = []
-    for index in range(count):
-        name = names[index % len(names)]
-        rgb = cv2.cvtColor(cv2.imread(str(sample_dir / "vi" / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        thermal = cv2.imread(str(sample_dir / "ir" / name), cv2.IMREAD_GRAYSCALE)
-        size_wh = (size[1], size[0])
-        pairs.append((cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA), cv2.resize(thermal, size_wh)))
-    return pairs
+    return percentile(times, 50), percentile(times, 95)
 
 
 def reference_network(config: str, num_classes: int = 9) -> torch.nn.Module:
@@ -217,7 +199,7 @@ def check_precision(
 class BenchPlan:
     """What to measure. `quick`: CPU, both configs, 480x640, batch 1 only."""
 
-    configs: tuple[str, ...] = CONFIGS
+    configs: tuple[str, ...] = BENCH_CONFIGS
     sizes: tuple[tuple[int, int], ...] = SIZES
     batches: tuple[int, ...] = BATCHES
     devices: tuple[str, ...] = ("cpu", "cuda")
@@ -331,7 +313,7 @@ def precision_report(
 ) -> list[dict]:
     """`check_precision` against the plain fp32 engine, on all sample pairs at `size`, of every reduced
     precision available (bf16 on CPU, fp16/bf16 on CUDA) and, with `compile_mode`, of the compiled fp32 engine."""
-    pairs = sample_pairs(size, len(list((SAMPLE_DIR / "vi").glob("*.png"))))
+    pairs = sample_pairs(size, sample_count())
     rows = []
     for device in available_devices(devices):
         reduced = [p for p in precisions_for(device) if p != "fp32"] if device.type == "cuda" else ["bf16"]

@@ -50,7 +50,7 @@ FORMAT_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "mafs-lite.safetensors"
 
-# The only visible-input convention the network has (spec §1.1): RGB in [0, 1], no ImageNet mean/std.
+# The only visible-input convention the network has (the official code's): RGB in [0, 1], no ImageNet mean/std.
 VISIBLE_CONVENTION: dict[str, Any] = {"channels": "RGB", "range": [0.0, 1.0], "mean": None, "std": None}
 REQUIRED_FIELDS = (
     "mafs_format",

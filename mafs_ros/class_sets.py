@@ -1,4 +1,4 @@
-"""Class names and RGB palettes of the datasets MAFS is trained on (spec §4.3).
+"""Class names and RGB palettes of the datasets MAFS is trained on (MFNet/MSRS, FMB, PST900).
 
 A palette is only for visualisation; the network predicts class ids. Label id 255 (`IGNORE_LABEL`) is
 reserved: it is never a class, it is skipped by the metrics and left uncoloured by `imaging.overlay`.

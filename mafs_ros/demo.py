@@ -28,25 +28,42 @@ import cv2
 
 from mafs_ros import bags
 from mafs_ros.bags import BagReader, BagWriter
+from mafs_ros.constants import (
+    FUSED_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    IMAGE_TYPE,
+    INFO_TOPIC,
+    INFO_TYPE,
+    LABELS_TOPIC,
+    OVERLAY_TOPIC,
+    RESULT_TOPIC,
+    RESULT_TYPE,
+    RGB_TOPIC,
+    SAMPLE_DIR,
+    THERMAL_TOPIC,
+    absolute_topic,
+)
 from mafs_ros.ros.transport import large_image_environment
+from mafs_ros.stamps import set_stamp, stamp_ns
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 # The thermal camera's stamps are this much earlier than the RGB camera's (the node's sync.thermal_offset_s
 # is told so; a thermal camera's clock or exposure often differs by tens of ms).
 THERMAL_LAG_S = 0.02
 JITTER_S = 0.005
-# Fast DDS's default shared-memory segment is smaller than one 640x480 image, so images fall back to fragmented
-# best-effort UDP, where a lost fragment loses the frame. The player (the camera side: its settings decide) and
-# the node use config/fastdds_large_images.xml unless the user chose a profile or transports already.
-INPUT_TOPICS = (bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC)
+
+# The topics as the bags store them (absolute) and as this process publishes and subscribes to them.
+_RGB, _THERMAL = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC)
+_RESULT, _INFO = absolute_topic(RESULT_TOPIC), absolute_topic(INFO_TOPIC)
+_FUSED, _OVERLAY = absolute_topic(FUSED_TOPIC), absolute_topic(OVERLAY_TOPIC)
+INPUT_TOPICS = (_RGB, _THERMAL, absolute_topic(GROUND_TRUTH_TOPIC))
 OUTPUT_TOPICS = {
-    bags.FUSED_TOPIC: bags.IMAGE_TYPE,
-    bags.LABELS_TOPIC: bags.IMAGE_TYPE,
-    bags.OVERLAY_TOPIC: bags.IMAGE_TYPE,
-    bags.RESULT_TOPIC: bags.RESULT_TYPE,
-    bags.INFO_TOPIC: bags.INFO_TYPE,
+    _FUSED: IMAGE_TYPE,
+    absolute_topic(LABELS_TOPIC): IMAGE_TYPE,
+    _OVERLAY: IMAGE_TYPE,
+    _RESULT: RESULT_TYPE,
+    _INFO: INFO_TYPE,
 }
 
 
@@ -83,6 +100,9 @@ def run_demo(
     frames = len(written.rgb_stamps_ns) if max_pairs is None else min(max_pairs, len(written.rgb_stamps_ns))
     print(f"input bag: {input_bag} ({frames} RGB + {frames} thermal frames at {rate_hz:g} Hz)", flush=True)
 
+    # Fast DDS's default shared-memory segment is smaller than one 640x480 image, so images fall back to fragmented
+    # best-effort UDP, where a lost fragment loses the frame. The player (the camera side: its settings decide) and
+    # the node use config/fastdds_large_images.xml unless the user chose a profile or transports already.
     transport = large_image_environment(os.environ)
     node_log = out_dir / "node.log"
     node = _start_node(checkpoint, device, node_log, transport)
@@ -97,7 +117,7 @@ def run_demo(
     finally:
         _stop_node(node)
     if summary["results"] == 0:
-        received = {topic: summary.get(topic, 0) for topic in (bags.RGB_TOPIC, bags.THERMAL_TOPIC)}
+        received = {topic: summary.get(topic, 0) for topic in (_RGB, _THERMAL)}
         raise DemoError(
             f"the node published no result for {played} frames (the recorder beside the player received "
             f"{received}; {transport}); "
@@ -181,12 +201,12 @@ class _DemoSession:
         self._publishers = {topic: self._node.create_publisher(Image, topic, camera_qos) for topic in INPUT_TOPICS}
         # raw=True: the recorder stores the CDR bytes it receives, exactly what `ros2 bag record` would store.
         for topic in INPUT_TOPICS:
-            self._record(Image, topic, bags.IMAGE_TYPE, QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
+            self._record(Image, topic, IMAGE_TYPE, QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
         from mafs_ros.msg import FusedSegmentation, SegmentationInfo
 
-        types = {bags.IMAGE_TYPE: Image, bags.RESULT_TYPE: FusedSegmentation, bags.INFO_TYPE: SegmentationInfo}
+        types = {IMAGE_TYPE: Image, RESULT_TYPE: FusedSegmentation, INFO_TYPE: SegmentationInfo}
         for topic, msgtype in OUTPUT_TOPICS.items():
-            latched = topic == bags.INFO_TOPIC
+            latched = topic == _INFO
             qos = QoSProfile(
                 depth=50, reliability=ReliabilityPolicy.RELIABLE,
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
@@ -211,7 +231,7 @@ class _DemoSession:
                 if self._writer is None:
                     return
                 self._writer.write_raw(topic, msgtype, now, raw)
-                if topic == bags.RESULT_TOPIC:
+                if topic == _RESULT:
                     self._results += 1
                     self._last_result = time.monotonic()
 
@@ -232,12 +252,12 @@ class _DemoSession:
     def wait_for_node(self, node: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
         """Until the node subscribes to both camera topics and its latched info message has arrived."""
         deadline = time.monotonic() + timeout_s
-        rgb, thermal = self._publishers[bags.RGB_TOPIC], self._publishers[bags.THERMAL_TOPIC]
+        rgb, thermal = self._publishers[_RGB], self._publishers[_THERMAL]
         while time.monotonic() < deadline:
             if node.poll() is not None:
                 raise DemoError(f"the node exited with code {node.returncode} at start-up:\n{log_path.read_text()}")
             with self._lock:
-                info = self._writer.counts.get(bags.INFO_TOPIC, 0)
+                info = self._writer.counts.get(_INFO, 0)
             if info and rgb.get_subscription_count() and thermal.get_subscription_count():
                 time.sleep(0.5)  # its output publishers are matched about now; a margin costs nothing
                 return
@@ -257,7 +277,7 @@ class _DemoSession:
         start_wall, start_bag = time.monotonic_ns(), messages[0].receive_ns
         shift_ns = time.time_ns() - start_bag
         for message in messages:
-            if message.topic == bags.RGB_TOPIC:
+            if message.topic == _RGB:
                 rgb_frames += 1
                 if rgb_frames > frames:
                     break
@@ -265,8 +285,7 @@ class _DemoSession:
             if delay_ns > 0:
                 time.sleep(delay_ns / 1e9)
             msg = deserialize_message(bytes(message.raw), Image)
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec + shift_ns
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            set_stamp(msg.header, stamp_ns(msg.header) + shift_ns)
             self._publishers[message.topic].publish(msg)
             sent += 1
         return sent
@@ -296,7 +315,7 @@ def _write_pngs(recording: Path, out_dir: Path) -> None:
     """Every recorded fused image and overlay as PNG, named by the RGB stamp (fused/, overlay/)."""
     from mafs_ros.ros.conversions import image_to_numpy
 
-    folders = {bags.FUSED_TOPIC: out_dir / "fused", bags.OVERLAY_TOPIC: out_dir / "overlay"}
+    folders = {_FUSED: out_dir / "fused", _OVERLAY: out_dir / "overlay"}
     for folder in folders.values():
         folder.mkdir(exist_ok=True)
     with BagReader(recording) as reader:
@@ -321,7 +340,7 @@ def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
         written.append("contact sheet")
     print(f"\nwrote {out_dir}/{', '.join(written)}, fused/ and overlay/ PNGs, recording/ (rosbag2: inputs + "
           f"node outputs), node.log")
-    print(f"pairs fused: {report.get('pairs_fused', 0)} of {read.get(bags.RGB_TOPIC, 0)} RGB frames "
+    print(f"pairs fused: {report.get('pairs_fused', 0)} of {read.get(_RGB, 0)} RGB frames "
           f"(dropped while the model was busy or unmatched: {sum(report.get('unmatched', {}).values())} frames)")
     print(f"mean fusion metrics: {metrics or 'n/a (no pair scored)'}")
     print(f"latency: processing (preprocess + inference + postprocess) p50 {_ms(latency.get('p50'))}, "

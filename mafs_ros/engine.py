@@ -1,11 +1,12 @@
-"""MafsEngine: numpy images in, fused image + labels out. The only place that knows about devices,
-precision, pre- and post-processing; the CLI, the ROS node, replay and evaluation all go through it.
+"""MafsEngine: numpy images in, fused image + labels out. It owns the device, the precision and the pre- and
+post-processing around the network; a backend (`mafs_ros.backends`: PyTorch or onnxruntime) loads and runs the
+network itself. The CLI, the ROS node, replay, evaluation and the benchmarks infer through it.
 
 Pipeline for one (visible, thermal) pair of size H x W:
 
     visible uint8 RGB (H,W,3) -> float [0,1] (1,3,H,W) on the device -> (Y, Cb, Cr) at H x W
     thermal (H,W) uint8/uint16/float -> ThermalNormalization -> float [0,1] (1,1,H,W) on the device
-    -> network input size: `resize` (default, the official test protocol, spec §5.1): PIL-like bicubic to
+    -> network input size: `resize` (default, the official test protocol): PIL-like bicubic to
        the largest multiple of 32 not exceeding H x W; `pad`: reflect-pad bottom/right to the next multiple
     -> model(vi, ir) -> fused Y, semantic logits at the network size
     -> back to H x W (resize: bicubic for Y, bilinear for logits; pad: crop)
@@ -21,10 +22,9 @@ full-resolution Cb/Cr, which keeps the visible image's chroma detail. At sizes t
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, InputConventions, build_model_from_checkpoint, load_checkpoint
-from .class_sets import IGNORE_LABEL, default_class_set
+from .backends import LoadedNet, backend_for
+from .checkpoint import Checkpoint
+from .class_sets import IGNORE_LABEL
+from .constants import COMPILE_MODES, PRECISION_NAMES, SIZE_POLICIES
 from .imaging import THERMAL_DTYPES, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 from .model import MafsConfig
-from .model.inference import prepare_for_inference
-from .onnx_backend import OnnxRuntimeNet
 
 logger = logging.getLogger(__name__)
 
-SIZE_POLICIES = ("resize", "pad")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The autocast dtype of each precision (None: no autocast).
+AUTOCAST_DTYPES = dict(zip(PRECISION_NAMES, (None, torch.float16, torch.bfloat16)))
 
 
 @dataclass
@@ -103,6 +102,18 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
 
 
+def _check_options(size_policy: str, precision: str, overlay_alpha: float, compile_mode: str) -> None:
+    """Raise ValueError for an option value MafsEngine does not know."""
+    if size_policy not in SIZE_POLICIES:
+        raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
+    if precision not in PRECISION_NAMES:
+        raise ValueError(f"precision must be one of {PRECISION_NAMES}, got {precision!r}")
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+
+
 class _StageClock:
     """Stage boundaries of one engine call. On CUDA they are events recorded on the stream, so timing adds no
     host-device synchronisation between stages (they are read once the outputs are on the host); on a CPU,
@@ -137,7 +148,7 @@ class MafsEngine:
     palette then default to `class_sets.default_class_set(num_classes)` and the thermal normalisation to
     "fixed". The engine moves the model to `device` and puts it in eval mode.
     A checkpoint path ending in .onnx (written by `mafs export --onnx`) runs in onnxruntime instead
-    (`onnx_backend.OnnxRuntimeNet`, backend 'onnxruntime'): fp32 only, `optimize` does not apply.
+    (`backends.onnxruntime_backend`, backend 'onnxruntime'): fp32 only, `optimize` does not apply.
 
     device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (see `resolve_device`).
     precision: 'fp32', 'fp16' (CUDA) or 'bf16' (CUDA, or CPUs with bf16 units): autocast, the weights stay
@@ -172,58 +183,41 @@ class MafsEngine:
         optimize: bool | None = None,
         compile_mode: str = "none",
     ) -> None:
-        if size_policy not in SIZE_POLICIES:
-            raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if not 0.0 <= overlay_alpha <= 1.0:
-            raise ValueError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
-
+        _check_options(size_policy, precision, overlay_alpha, compile_mode)
         self._device = resolve_device(device)
         if precision == "fp16" and self._device.type != "cuda":
             raise ValueError(f"precision 'fp16' needs a CUDA device (got {self._device}); use fp32 or bf16 on CPU")
         if precision == "bf16" and self._device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
+        if model is not None and checkpoint is not None:
+            raise ValueError("give either a checkpoint or a model, not both")
+        source = model if model is not None else checkpoint
+        loaded = backend_for(source).load(
+            source, self._device, precision=precision, optimize=optimize, compile_mode=compile_mode
+        )
+        self._set_network(loaded, class_names, palette)
+        self._compile_mode = compile_mode
+        self._precision = precision
+        self._size_policy = size_policy
+        self._thermal_normalization = (
+            ThermalNormalization.from_spec(thermal_normalization)
+            if thermal_normalization is not None
+            else loaded.inputs.thermal_normalization
+        )
+        self._overlay_alpha = overlay_alpha
+        logger.info(
+            "MafsEngine: %s (%d classes) on %s, %s, thermal %s, size policy %s",
+            self._config.name, self._config.num_classes, self._device, precision, self._thermal_normalization,
+            size_policy,
+        )
+        if warmup > 0:
+            self.warmup(warmup, warmup_size)
 
-        if model is not None:
-            if checkpoint is not None:
-                raise ValueError("give either a checkpoint or a model, not both")
-            config = getattr(model, "config", None)
-            if not isinstance(config, MafsConfig):
-                raise ValueError("the model needs its MafsConfig as `model.config` (use build_model())")
-            optimized = bool(optimize)
-            if optimized:
-                model = copy.deepcopy(model)
-            defaults = default_class_set(config.num_classes)
-            self._class_names = tuple(class_names) if class_names is not None else defaults.class_names
-            self._palette = np.asarray(palette if palette is not None else defaults.palette, dtype=np.uint8)
-            inputs = InputConventions()
-            self._trained: bool | None = None
-            self._checkpoint_path: Path | None = None
-        elif isinstance(checkpoint, (str, Path)) and Path(checkpoint).suffix.lower() == ".onnx":
-            if precision != "fp32":
-                raise ValueError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
-                                 "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (see the README)")
-            if optimize:
-                raise ValueError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
-            model = OnnxRuntimeNet(checkpoint, self._device)
-            optimized = False
-            config = model.config
-            self._class_names = tuple(class_names) if class_names is not None else model.class_names
-            self._palette = np.asarray(palette, dtype=np.uint8) if palette is not None else model.palette
-            inputs = model.inputs
-            self._trained = model.trained
-            self._checkpoint_path = model.path
-        else:
-            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-            model = build_model_from_checkpoint(ckpt)
-            optimized = optimize is not False
-            config = ckpt.config
-            self._class_names = tuple(class_names) if class_names is not None else ckpt.class_names
-            self._palette = np.asarray(palette, dtype=np.uint8) if palette is not None else ckpt.palette
-            inputs = ckpt.inputs
-            self._trained = ckpt.trained
-            self._checkpoint_path = ckpt.path
+    def _set_network(self, loaded: LoadedNet, class_names: Sequence[str] | None, palette: Any) -> None:
+        """Take the backend's network and its description; `class_names` and `palette` override its own."""
+        config = loaded.config
+        self._class_names = tuple(class_names) if class_names is not None else loaded.class_names
+        self._palette = np.asarray(palette if palette is not None else loaded.palette, dtype=np.uint8)
         if not 2 <= config.num_classes < IGNORE_LABEL:
             raise ValueError(f"num_classes must be in 2..{IGNORE_LABEL - 1} for uint8 labels, got {config.num_classes}")
         if len(self._class_names) != config.num_classes or self._palette.shape != (config.num_classes, 3):
@@ -231,48 +225,27 @@ class MafsEngine:
                 f"{len(self._class_names)} class names / palette {self._palette.shape} do not match "
                 f"the model's {config.num_classes} classes"
             )
-
         self._config = config
-        self._optimized = optimized
-        self._memory_format = torch.channels_last if optimized else torch.contiguous_format
-        if isinstance(model, OnnxRuntimeNet):  # onnxruntime holds the graph: nothing to move or rewrite
-            self._model = model
-        else:
-            self._model = prepare_for_inference(model, self._device) if optimized else model.to(self._device).eval()
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        if compile_mode != "none":
-            if isinstance(model, OnnxRuntimeNet):
-                raise ValueError("compile_mode does not apply to an ONNX model")
-            self._model = torch.compile(self._model, mode=compile_mode, dynamic=False)
-        self._compile_mode = compile_mode
-        self._precision = precision
-        self._size_policy = size_policy
-        self._size_multiple = inputs.size_multiple
-        self._thermal_normalization = (
-            ThermalNormalization.from_spec(thermal_normalization)
-            if thermal_normalization is not None
-            else inputs.thermal_normalization
-        )
-        self._overlay_alpha = overlay_alpha
-        logger.info(
-            "MafsEngine: %s (%d classes) on %s, %s, thermal %s, size policy %s",
-            config.name, config.num_classes, self._device, precision, self._thermal_normalization, size_policy,
-        )
-        if warmup > 0:
-            self.warmup(warmup, warmup_size)
+        self._model = loaded.net
+        self._backend = loaded.backend
+        self._optimized = loaded.optimized
+        self._memory_format = torch.channels_last if loaded.optimized else torch.contiguous_format
+        self._size_multiple = loaded.inputs.size_multiple
+        self._trained = loaded.trained
+        self._checkpoint_path = loaded.path
 
     # ------------------------------------------------------------------------------------------------
     # Properties
 
     @property
-    def model(self) -> nn.Module | OnnxRuntimeNet:
+    def model(self) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+        """The network the backend runs: an nn.Module for 'torch', an `OnnxRuntimeNet` for 'onnxruntime'."""
         return self._model
 
     @property
     def backend(self) -> str:
         """'torch', or 'onnxruntime' for an .onnx checkpoint."""
-        return "onnxruntime" if isinstance(self._model, OnnxRuntimeNet) else "torch"
+        return self._backend
 
     @property
     def config(self) -> MafsConfig:
@@ -330,6 +303,23 @@ class MafsEngine:
     @property
     def checkpoint_path(self) -> Path | None:
         return self._checkpoint_path
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """What the reports of `mafs eval` and `mafs replay` record about the model: {"checkpoint": {path,
+        trained, config}, "engine": {device, precision, thermal_normalization, size_policy}}."""
+        return {
+            "checkpoint": {
+                "path": str(self._checkpoint_path) if self._checkpoint_path is not None else None,
+                "trained": self._trained,
+                "config": self._config.name,
+            },
+            "engine": {
+                "device": str(self._device),
+                "precision": self._precision,
+                "thermal_normalization": str(self._thermal_normalization),
+                "size_policy": self._size_policy,
+            },
+        }
 
     # ------------------------------------------------------------------------------------------------
     # Inference
@@ -431,7 +421,7 @@ class MafsEngine:
         vi_net, ir_net, cb, cr = self._preprocess(batch)
         clock.mark()
 
-        dtype = PRECISIONS[self._precision]
+        dtype = AUTOCAST_DTYPES[self._precision]
         autocast = torch.autocast(self._device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             out = self._model(vi_net, ir_net)

@@ -34,18 +34,16 @@ Fusion layout (`fusion_report`, the whole file written by `mafs metrics`)::
          "ignore_index": 255, "confusion_matrix": [[int]]},   # rows = ground truth, columns = prediction
      "skipped": {stem: reason}}
 
-Segmentation follows MAFS_SPEC §5.1: one confusion matrix over the whole set, mIoU over all classes including
+Segmentation follows the MAFS test protocol: one confusion matrix over the whole set, mIoU over all classes including
 class 0, classes with undefined IoU dropped, label 255 ignored. Values that are undefined (NaN) are written as
 null, because strict JSON has no NaN.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,29 +51,27 @@ import cv2
 import numpy as np
 
 from .class_sets import IGNORE_LABEL
-from .cli import IMAGE_SUFFIXES, read_thermal, read_visible
-from .imaging import ThermalNormalization, overlay, to_uint8
-from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, day_night, fusion_metrics, luma_u8, mean_metrics
-from .train.data import PairFiles, read_label, read_rgbt
+from .imaging import overlay, thermal_u8
+from .io.files import images_by_stem
+from .io.images import read_fused_luma, read_label, read_rgbt, read_thermal, read_visible
+from .io.layouts import PairFiles
+from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8, mean_metrics
+from .reports import (
+    SheetRow,
+    format_metrics,
+    format_table,
+    fusion_table,
+    json_ready,
+    segmentation_markdown,
+    segmentation_summary,
+    write_contact_sheet,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from .engine import MafsEngine
 
 logger = logging.getLogger(__name__)
-
-FUSION_GROUPS = ("mean", "day", "night")
-
-
-@dataclass
-class SheetRow:
-    """The panels of one contact-sheet row."""
-
-    stem: str
-    ir: np.ndarray
-    vi: np.ndarray
-    fused: np.ndarray
-    prediction: np.ndarray
-    ground_truth: np.ndarray | None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -93,17 +89,6 @@ def fusion_report(items: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str,
             raise ValueError(f"stem {stem!r} occurs twice")
         per_image[stem] = dict(values)
     return {"per_image": per_image, **mean_metrics(per_image)}
-
-
-def thermal_u8(source: "MafsEngine | ThermalNormalization", thermal: np.ndarray) -> np.ndarray:
-    """The infrared image A of the fusion metrics: the thermal normalisation x 255, rounded (uint8).
-
-    `source` is an engine (its normalisation) or a ThermalNormalization (e.g. the one a recorded node used).
-    This is what the network sees, so a 16-bit or float thermal frame is reduced to 8 bits exactly as the
-    engine normalises it; an 8-bit frame under the default "fixed" normalisation comes back unchanged.
-    """
-    normalization = source if isinstance(source, ThermalNormalization) else source.thermal_normalization
-    return to_uint8(normalization.apply(thermal, "cpu")).numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,47 +113,80 @@ def evaluate(
     - fused/<stem>.png if `save_fused`: the fused luminance F the metrics were computed on (8-bit grey), so
       `mafs metrics` on that folder reproduces the report's fusion numbers.
 
-    `pairs` come from `train.data.discover_pairs` (separate ir/vi files or one MFNet RGBT file, label or
+    `pairs` come from `io.layouts.discover_pairs` (separate ir/vi files or one MFNet RGBT file, label or
     None). A pair that cannot be read or evaluated (bad file, size mismatch, label ids outside the classes) is
     logged, listed under "skipped" and left out. Raises ValueError for repeated stems or when no pair could be
     evaluated, OSError when an output cannot be written.
     """
-    from tqdm import tqdm
-
     stems = [pair.stem for pair in pairs]
     repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
     if repeated:
         raise ValueError(f"repeated stems: {', '.join(repeated)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fused_dir = out_dir / "fused"
-    if save_fused:
+    fused_dir = out_dir / "fused" if save_fused else None
+    if fused_dir is not None:
         fused_dir.mkdir(exist_ok=True)
+    tally = _score_pairs(engine, pairs, fused_dir, contact_sheet_count)
+    if not tally.per_image:
+        raise ValueError(f"none of the {len(pairs)} pair(s) could be evaluated")
 
-    matrix = ConfusionMatrix(len(engine.class_names), ignore_index=IGNORE_LABEL)
-    per_image: dict[str, dict[str, float]] = {}
-    skipped: dict[str, str] = {}
-    labelled = 0
-    sheet: list[SheetRow] = []
+    report: dict[str, Any] = {
+        **engine.describe(),
+        "images": len(tally.per_image),
+        "fusion": fusion_report(tally.per_image.items()),
+    }
+    if tally.labelled:
+        report["segmentation"] = segmentation_summary(tally.matrix, engine.class_names, tally.labelled)
+    report["skipped"] = tally.skipped
+    report = json_ready(report)
+
+    write_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(_markdown_report(report), encoding="utf-8")
+    if tally.sheet:
+        write_contact_sheet(out_dir / "contact_sheet.png", tally.sheet, _sheet_title(report))
+    logger.info("evaluated %d pair(s); report in %s", len(tally.per_image), out_dir)
+    return report
+
+
+@dataclass
+class _Tally:
+    """What `_score_pairs` gathered over the pairs."""
+
+    matrix: ConfusionMatrix
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    labelled: int = 0
+    sheet: list[SheetRow] = field(default_factory=list)
+
+
+def _score_pairs(engine: "MafsEngine", pairs: Sequence[PairFiles], fused_dir: Path | None,
+                 contact_sheet_count: int) -> _Tally:
+    """Run the engine on each pair: its fusion metrics, its label in the confusion matrix, its fused luminance
+    in `fused_dir` (if given), and the first `contact_sheet_count` as contact-sheet rows. A pair that fails is
+    logged and listed under `skipped`."""
+    from tqdm import tqdm
+
+    tally = _Tally(ConfusionMatrix(len(engine.class_names), ignore_index=IGNORE_LABEL))
     for pair in tqdm(pairs, desc="eval", unit="pair", disable=None):
         try:
             rgb, thermal, gt = _read_pair(pair, len(engine.class_names))
             result = engine.infer(rgb, thermal, want_confidence=False)
             if gt is not None:
                 # Before the metrics are stored, so that a bad label skips the whole pair.
-                matrix.update(result.labels, gt)
+                tally.matrix.update(result.labels, gt)
             ir = thermal_u8(engine, thermal)
-            per_image[pair.stem] = fusion_metrics(ir, luma_u8(rgb), result.fused_y)
+            tally.per_image[pair.stem] = fusion_metrics(ir, luma_u8(rgb), result.fused_y)
         except ValueError as exc:
             logger.error("pair %r (%s): %s", pair.stem, ", ".join(map(str, pair.image_files)), exc)
-            skipped[pair.stem] = str(exc)
+            tally.skipped[pair.stem] = str(exc)
             continue
         if gt is not None:
-            labelled += 1
-        if save_fused:
+            tally.labelled += 1
+        if fused_dir is not None:
             _write_image(fused_dir / f"{pair.stem}.png", result.fused_y)
-        if len(sheet) < contact_sheet_count:
-            sheet.append(
+        if len(tally.sheet) < contact_sheet_count:
+            tally.sheet.append(
                 SheetRow(
                     stem=pair.stem,
                     ir=ir,
@@ -178,35 +196,7 @@ def evaluate(
                     ground_truth=overlay(rgb, gt, engine.palette) if gt is not None else None,
                 )
             )
-    if not per_image:
-        raise ValueError(f"none of the {len(pairs)} pair(s) could be evaluated")
-
-    report: dict[str, Any] = {
-        "checkpoint": {
-            "path": str(engine.checkpoint_path) if engine.checkpoint_path is not None else None,
-            "trained": engine.checkpoint_trained,
-            "config": engine.config.name,
-        },
-        "engine": {
-            "device": str(engine.device),
-            "precision": engine.precision,
-            "thermal_normalization": str(engine.thermal_normalization),
-            "size_policy": engine.size_policy,
-        },
-        "images": len(per_image),
-        "fusion": fusion_report(per_image.items()),
-    }
-    if labelled:
-        report["segmentation"] = segmentation_summary(matrix, engine.class_names, labelled)
-    report["skipped"] = skipped
-    report = json_ready(report)
-
-    write_json(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(_markdown_report(report), encoding="utf-8")
-    if sheet:
-        write_contact_sheet(out_dir / "contact_sheet.png", sheet, _sheet_title(report))
-    logger.info("evaluated %d pair(s); report in %s", len(per_image), out_dir)
-    return report
+    return tally
 
 
 def _read_pair(pair: PairFiles, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -222,19 +212,6 @@ def _read_pair(pair: PairFiles, num_classes: int) -> tuple[np.ndarray, np.ndarra
     if gt.shape != rgb.shape[:2]:
         raise ValueError(f"label {gt.shape[0]}x{gt.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} differ in size")
     return rgb, thermal, gt
-
-
-def segmentation_summary(matrix: ConfusionMatrix, class_names: Sequence[str], num_images: int) -> dict[str, Any]:
-    """The report's "segmentation" entry (spec §5.1 protocol, see `ConfusionMatrix`)."""
-    summary = matrix.to_dict()
-    return {
-        "mIoU": summary["miou"],
-        "pixel_accuracy": summary["pixel_accuracy"],
-        "per_class_iou": dict(zip(class_names, summary["per_class_iou"])),
-        "num_images": num_images,
-        "ignore_index": summary["ignore_index"],
-        "confusion_matrix": summary["confusion_matrix"],
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,7 +235,7 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
     for name, folder in folders.items():
         if not folder.is_dir():
             raise ValueError(f"{name} folder {folder} does not exist")
-    files = {name: _images_by_stem(folder) for name, folder in folders.items()}
+    files = {name: images_by_stem(folder) for name, folder in folders.items()}
 
     skipped: dict[str, str] = {}
     triples: list[tuple[str, Path, Path, Path]] = []
@@ -281,7 +258,7 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
             if ir.dtype != np.uint8:
                 raise ValueError(f"infrared {ir_path} is {ir.dtype}; the metrics need 8-bit infrared images")
             vi = luma_u8(read_visible(vi_path))
-            fused = _read_fused_luma(fused_path)
+            fused = read_fused_luma(fused_path)
             if not ir.shape == vi.shape == fused.shape:
                 raise ValueError(
                     f"sizes differ: ir {ir.shape[0]}x{ir.shape[1]}, vi {vi.shape[0]}x{vi.shape[1]}, "
@@ -298,74 +275,8 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
     return json_ready({**fusion_report(per_image.items()), "skipped": dict(sorted(skipped.items()))})
 
 
-def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
-    """The image files of a folder by stem (a list, since a stem may occur with several suffixes)."""
-    by_stem: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            by_stem.setdefault(path.stem, []).append(path)
-    return by_stem
-
-
-def _read_fused_luma(path: Path) -> np.ndarray:
-    """A fused image file as 8-bit grey: grey files as they are, colour ones as `luma_u8` of their RGB."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image file {path}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"fused image {path} is {image.dtype}; the metrics need 8-bit images")
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 3:
-        return luma_u8(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    if image.shape[2] == 4:
-        return luma_u8(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
-    raise ValueError(f"fused image {path} has {image.shape[2]} channels; expected grey or RGB")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Output
-
-
-def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
-    """Write a report as indented strict JSON (NaN must already be None, see `json_ready`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
-def fusion_table(fusion: Mapping[str, Any], *, markdown: bool = False) -> str:
-    """The mean / day / night rows of a fusion layout as a table (aligned text, or Markdown)."""
-    counts = _group_counts(fusion["per_image"])
-    rows = [[group, str(counts[group]), *format_metrics(fusion[group])] for group in FUSION_GROUPS if group in fusion]
-    return format_table(["set", "images", *FUSION_METRIC_NAMES], rows, markdown)
-
-
-def _group_counts(per_image: Mapping[str, Any]) -> dict[str, int]:
-    """Images in each row of `fusion_table`."""
-    tags = [day_night(stem) for stem in per_image]
-    return {"mean": len(tags), "day": tags.count("day"), "night": tags.count("night")}
-
-
-def format_metrics(values: Mapping[str, float | None]) -> list[str]:
-    """Metric values in FUSION_METRIC_NAMES order, 4 decimals; "n/a" for undefined ones."""
-    return [_number(values[name], "{:.4f}") for name in FUSION_METRIC_NAMES]
-
-
-def _number(value: float | None, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    """A Markdown table, or the same cells as plain-text columns (first left-aligned, numbers right-aligned)."""
-    if markdown:
-        lines = [header, ["---"] * len(header), *rows]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join([cells[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(cells[1:], widths[1:])])
-        for cells in [header, *rows]
-    )
 
 
 def _checkpoint_line(report: Mapping[str, Any]) -> str:
@@ -415,29 +326,6 @@ def _markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def segmentation_markdown(seg: Mapping[str, Any]) -> list[str]:
-    """The lines of a report's "## Segmentation" section (mIoU, pixel accuracy, per-class IoU table)."""
-    return [
-        "## Segmentation",
-        "",
-        f"Confusion matrix over {seg['num_images']} labelled image(s); mIoU over all classes including class 0, "
-        f"classes absent from both ground truth and prediction dropped; label {seg['ignore_index']} ignored.",
-        "",
-        f"- mIoU: {_number(_percent(seg['mIoU']), '{:.2f}')} %",
-        f"- Pixel accuracy: {_number(_percent(seg['pixel_accuracy']), '{:.2f}')} %",
-        "",
-        format_table(
-            ["class", "IoU (%)"],
-            [[name, _number(_percent(iou), "{:.2f}")] for name, iou in seg["per_class_iou"].items()],
-            markdown=True,
-        ),
-    ]
-
-
-def _percent(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
-
-
 def _sheet_title(report: Mapping[str, Any]) -> str:
     title = f"MAFS evaluation: {_checkpoint_line(report)}, {report['images']} image(s)"
     seg = report.get("segmentation")
@@ -446,52 +334,6 @@ def _sheet_title(report: Mapping[str, Any]) -> str:
     return title
 
 
-def write_contact_sheet(path: Path, rows: Sequence[SheetRow], title: str) -> None:
-    """One row per image: infrared | visible | fused | prediction overlay, plus a ground-truth overlay column
-    when any row has a label."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
-
-    columns = ["infrared", "visible", "fused", "prediction"]
-    with_gt = any(row.ground_truth is not None for row in rows)
-    if with_gt:
-        columns.append("ground truth")
-    height, width = rows[0].vi.shape[:2]
-    panel_w = 3.0
-    panel_h = panel_w * height / width
-    fig = Figure(figsize=(panel_w * len(columns), panel_h * len(rows) + 0.6), layout="constrained")
-    axes = fig.subplots(len(rows), len(columns), squeeze=False)
-    for r, row in enumerate(rows):
-        panels = [row.ir, row.vi, row.fused, row.prediction] + ([row.ground_truth] if with_gt else [])
-        for c, (ax, image) in enumerate(zip(axes[r], panels)):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if image is None:
-                ax.text(0.5, 0.5, "no label", ha="center", va="center", transform=ax.transAxes)
-            elif image.ndim == 2:
-                ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            else:
-                ax.imshow(image)
-            if r == 0:
-                ax.set_title(columns[c])
-        axes[r][0].set_ylabel(row.stem)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-
-
 def _write_image(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
-
-
-def json_ready(value: Any) -> Any:
-    """`value` with every NaN/inf float replaced by None (strict JSON has neither) and numpy scalars as Python
-    numbers."""
-    if isinstance(value, Mapping):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

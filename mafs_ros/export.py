@@ -6,7 +6,7 @@ The exported graph is the network only:
     -> fused (B,1,H,W) luminance in [0, 1], semantic (B,C,H,W) logits
 
 Thermal normalisation, resizing to a multiple of 32, colour restoration and argmax stay in MafsEngine, which
-runs such a file through `onnx_backend.OnnxRuntimeNet` (give the engine the .onnx path as its checkpoint).
+runs such a file through its onnxruntime backend (give the engine the .onnx path as its checkpoint).
 
 Before tracing, BatchNorm is folded into the convolutions and the INN's invertible 1x1 convolutions are
 frozen to plain convolutions (their weight is rebuilt from LU factors with torch.diag, which the exporter
@@ -51,19 +51,22 @@ import torch
 from torch import nn
 
 from . import __version__
+from .backends.onnxruntime_backend import OnnxRuntimeNet
 from .checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
+from .constants import (
+    ONNX_DEFAULT_OPSET,
+    ONNX_FORMAT_VERSION,
+    ONNX_INPUT_NAMES,
+    ONNX_MAX_OPSET,
+    ONNX_MIN_OPSET,
+    ONNX_OUTPUT_NAMES,
+    ONNX_VERSION_FIELD,
+)
+from .engine import MafsEngine
 from .model.fusion_decoder import InvertibleConv1x1
 from .model.inference import fuse_conv_bn
 
 logger = logging.getLogger(__name__)
-
-ONNX_FORMAT_VERSION = 1
-INPUT_NAMES = ("visible", "thermal")
-OUTPUT_NAMES = ("fused", "semantic")
-# 17: the first opset with LayerNormalization, and what TensorRT 8.5+ (JetPack 5 and 6) parses.
-# 20: the newest opset the TorchScript exporter writes.
-MIN_OPSET, MAX_OPSET = 17, 20
-DEFAULT_OPSET = 17
 
 
 class OnnxVerificationError(RuntimeError):
@@ -104,7 +107,7 @@ def export_onnx(
     *,
     height: int | None = None,
     width: int | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int = ONNX_DEFAULT_OPSET,
     dynamic_batch: bool = True,
 ) -> Path:
     """Export `checkpoint` (None: the packaged default) to the ONNX file `out` and return its path.
@@ -114,8 +117,8 @@ def export_onnx(
     The file is written atomically. Raises CheckpointError for an unusable checkpoint, ValueError for bad
     arguments, RuntimeError without the onnx package or when the exporter fails.
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must be within {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+    if not ONNX_MIN_OPSET <= opset <= ONNX_MAX_OPSET:
+        raise ValueError(f"opset must be within {ONNX_MIN_OPSET}..{ONNX_MAX_OPSET}, got {opset}")
     if (height is None) != (width is None):
         raise ValueError("give both height and width (a fixed size) or neither (dynamic size)")
     try:
@@ -125,48 +128,10 @@ def export_onnx(
 
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
-    m = ckpt.inputs.size_multiple
-    if height is not None and width is not None:
-        if min(height, width) < m or height % m or width % m:
-            raise ValueError(f"height and width must be positive multiples of {m} (the network's stride), "
-                             f"got {height}x{width}")
-        size = (height, width)
-    else:
-        # Any multiple of m traces the same graph (see the module docstring): a small one exports fast, and
-        # a non-square one keeps a swapped height and width from going unnoticed.
-        size = (2 * m, 3 * m)
-
-    net = build_model_from_checkpoint(ckpt)
-    fuse_conv_bn(net)
-    freeze_invertible_convs(net)
-    exported = ExportedNet(net).eval()
-    # Batch 2 when the batch is dynamic, so that no size-1 broadcast gets baked into the graph.
-    batch = 2 if dynamic_batch else 1
-    example = (torch.rand(batch, 3, *size), torch.rand(batch, 1, *size))
-    axes: dict[int, str] = {}
-    if dynamic_batch:
-        axes[0] = "batch"
-    if height is None:
-        axes.update({2: "height", 3: "width"})
-    buffer = io.BytesIO()
+    size = _trace_size(ckpt.inputs.size_multiple, height, width)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Expected: the shape comparisons recorded as constants (see the module docstring), and InstanceNorm
-        # "exported with train=True", which is what InstanceNorm2d without running statistics computes in
-        # eval mode too (the statistics of each image).
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True")
-        torch.onnx.export(
-            exported,
-            example,
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: axes for name in INPUT_NAMES + OUTPUT_NAMES} if axes else None,
-        )
-    model = onnx.load_model_from_string(buffer.getvalue())
+    model = onnx.load_model_from_string(_traced_graph(ckpt, size, opset, dynamic_size=height is None,
+                                                      dynamic_batch=dynamic_batch))
     onnx.helper.set_model_props(model, _metadata(ckpt))
     onnx.checker.check_model(model)
 
@@ -185,10 +150,58 @@ def export_onnx(
     return out
 
 
+def _trace_size(m: int, height: int | None, width: int | None) -> tuple[int, int]:
+    """The network input size to trace at: the fixed size, checked to be positive multiples of `m` (the
+    network's stride), or for a dynamic size a small one."""
+    if height is not None and width is not None:
+        if min(height, width) < m or height % m or width % m:
+            raise ValueError(f"height and width must be positive multiples of {m} (the network's stride), "
+                             f"got {height}x{width}")
+        return height, width
+    # Any multiple of m traces the same graph (see the module docstring): a small one exports fast, and
+    # a non-square one keeps a swapped height and width from going unnoticed.
+    return 2 * m, 3 * m
+
+
+def _traced_graph(ckpt: Checkpoint, size: tuple[int, int], opset: int, *, dynamic_size: bool,
+                  dynamic_batch: bool) -> bytes:
+    """The checkpoint's network, folded and frozen for inference, traced at `size` to a serialized ONNX model."""
+    net = build_model_from_checkpoint(ckpt)
+    fuse_conv_bn(net)
+    freeze_invertible_convs(net)
+    exported = ExportedNet(net).eval()
+    # Batch 2 when the batch is dynamic, so that no size-1 broadcast gets baked into the graph.
+    batch = 2 if dynamic_batch else 1
+    example = (torch.rand(batch, 3, *size), torch.rand(batch, 1, *size))
+    axes: dict[int, str] = {}
+    if dynamic_batch:
+        axes[0] = "batch"
+    if dynamic_size:
+        axes.update({2: "height", 3: "width"})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Expected: the shape comparisons recorded as constants (see the module docstring), and InstanceNorm
+        # "exported with train=True", which is what InstanceNorm2d without running statistics computes in
+        # eval mode too (the statistics of each image).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True")
+        torch.onnx.export(
+            exported,
+            example,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(ONNX_INPUT_NAMES),
+            output_names=list(ONNX_OUTPUT_NAMES),
+            dynamic_axes={name: axes for name in ONNX_INPUT_NAMES + ONNX_OUTPUT_NAMES} if axes else None,
+        )
+    return buffer.getvalue()
+
+
 def _metadata(ckpt: Checkpoint) -> dict[str, str]:
     """The metadata_props of the module docstring for a loaded Checkpoint."""
     values = {
-        "mafs_ros_onnx_version": ONNX_FORMAT_VERSION,
+        ONNX_VERSION_FIELD: ONNX_FORMAT_VERSION,
         "model_config": ckpt.config.to_dict(),
         "class_names": list(ckpt.class_names),
         "palette": ckpt.palette.tolist(),
@@ -227,9 +240,6 @@ def verify_onnx(
     forward over the pairs)}. Raises OnnxVerificationError when an output is beyond its tolerance, ValueError
     for unusable pairs (including sizes a fixed-size export does not take).
     """
-    from .engine import MafsEngine
-    from .onnx_backend import OnnxRuntimeNet
-
     if not pairs:
         raise ValueError("verify_onnx needs at least one (rgb, thermal) pair")
     engine = MafsEngine(checkpoint, device="cpu")
@@ -239,8 +249,8 @@ def verify_onnx(
             f"{onnx_path} holds {onnx_net.config.name!r} with a different configuration than checkpoint "
             f"{engine.checkpoint_path}; was it exported from another checkpoint?"
         )
-    errors = dict.fromkeys(OUTPUT_NAMES, 0.0)
-    magnitudes = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    errors = dict.fromkeys(ONNX_OUTPUT_NAMES, 0.0)
+    magnitudes = dict.fromkeys(ONNX_OUTPUT_NAMES, 0.0)
     torch_ms, onnx_ms = [], []
     size: tuple[int, int] = (0, 0)
     for rgb, thermal in pairs:
@@ -253,11 +263,11 @@ def verify_onnx(
             start = time.perf_counter()
             candidate = onnx_net(vi, ir)
             onnx_ms.append((time.perf_counter() - start) * 1e3)
-        for name in OUTPUT_NAMES:
+        for name in ONNX_OUTPUT_NAMES:
             expected, actual = getattr(reference, name), getattr(candidate, name)
             errors[name] = max(errors[name], (actual - expected).abs().max().item())
             magnitudes[name] = max(magnitudes[name], expected.abs().max().item())
-    tolerance = {name: atol * max(1.0, magnitudes[name]) for name in OUTPUT_NAMES}
+    tolerance = {name: atol * max(1.0, magnitudes[name]) for name in ONNX_OUTPUT_NAMES}
     report = {
         "pairs": len(pairs),
         "size": size,
@@ -267,7 +277,7 @@ def verify_onnx(
         "torch_ms": min(torch_ms),
         "onnxruntime_ms": min(onnx_ms),
     }
-    failed = [name for name in OUTPUT_NAMES if not errors[name] <= tolerance[name]]
+    failed = [name for name in ONNX_OUTPUT_NAMES if not errors[name] <= tolerance[name]]
     if failed:
         details = ", ".join(f"{name} {errors[name]:.3g} > {tolerance[name]:.3g}" for name in failed)
         raise OnnxVerificationError(f"{onnx_path}: onnxruntime differs from PyTorch beyond the tolerance "

@@ -1,6 +1,6 @@
 """Image conventions shared by the engine, the trainer, the metrics and the ROS node (no ROS here).
 
-- YCbCr: the official MAFS formulas (spec §1.2), in torch on whatever device the tensor lives.
+- YCbCr: the official MAFS formulas, in torch on whatever device the tensor lives.
 - Thermal normalisation: raw thermal (uint8, uint16 counts or float32 degrees) to float [0, 1].
 - Label visualisation: palette colouring and overlay; label 255 (ignore) is never coloured.
 """
@@ -29,7 +29,7 @@ _TORCH_TO_NUMPY_DTYPE = {
 
 
 # ---------------------------------------------------------------------------------------------------------
-# YCbCr (spec §1.2)
+# YCbCr (the official MAFS formulas)
 
 
 def rgb_to_ycbcr(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,6 +196,18 @@ class ThermalNormalization:
         span = hi_t - lo_t
         scale = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
         return ((x - lo_t) * scale).clamp(0.0, 1.0).float()
+
+
+def thermal_u8(source: Any, thermal: np.ndarray) -> np.ndarray:
+    """The infrared image A of the fusion metrics: the thermal normalisation x 255, rounded (uint8).
+
+    `source` is a ThermalNormalization (e.g. the one a recorded node used) or an engine (its
+    `thermal_normalization`). This is what the network sees, so a 16-bit or float thermal frame is reduced to 8
+    bits exactly as the engine normalises it; an 8-bit frame under the default "fixed" normalisation comes back
+    unchanged.
+    """
+    normalization = source if isinstance(source, ThermalNormalization) else source.thermal_normalization
+    return to_uint8(normalization.apply(thermal, "cpu")).numpy()
 
 
 def _thermal_to_float_tensor(

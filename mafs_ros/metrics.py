@@ -1,4 +1,4 @@
-"""Evaluation metrics: infrared-visible fusion quality and semantic segmentation (MAFS_SPEC §5.1).
+"""Evaluation metrics: infrared-visible fusion quality and semantic segmentation, as the MAFS paper reports them.
 
 Pure numpy/OpenCV; independent of ROS and of the model.
 
@@ -10,7 +10,7 @@ values, either as uint8 or as floats on the 0..255 scale. They are never rescale
 Every definition follows **CDDFuse's evaluator** (`Zhaozixiang1228/MMIF-CDDFuse`, `utils/Evaluator.py`,
 commit fd8da1f). The same code is used by EMMA, DDFM and many later papers. Two community evaluators are
 documented in `test/fixtures/fusion_metrics/SOURCE.md`, and that document does not designate one. CDDFuse's is
-the one whose definitions match MAFS_SPEC §5.1:
+the one whose definitions match the metrics the MAFS paper reports:
 
 - EN is the exact Shannon entropy. The other evaluator, "Metric_Python", adds 1e-7 inside the log.
 - AG is a plain mean over all H·W pixels. Metric_Python divides the sum by (H-1)(W-1).
@@ -36,7 +36,7 @@ Deliberate differences from the evaluator:
 
 Segmentation
 ------------
-`ConfusionMatrix` follows the MAFS test protocol (MAFS_SPEC §5.1). One matrix is accumulated over the whole
+`ConfusionMatrix` follows the MAFS test protocol (the official test code). One matrix is accumulated over the whole
 test set, with rows for the ground truth and columns for the prediction, and the label 255 ignored. mIoU is the
 mean IoU over all classes including class 0; classes whose IoU is undefined (absent from both the ground truth
 and the prediction) are dropped.
@@ -150,7 +150,7 @@ def ag(fused: np.ndarray) -> float:
 
     The derivatives are `numpy.gradient`'s: central differences (x[i+1] - x[i-1])/2 inside the image, and
     one-sided differences on the first and last rows and columns. CDDFuse uses the same derivatives. The plain
-    mean is the spec's definition; Metric_Python divides by (H-1)(W-1) instead, which gives 0.37 % more.
+    mean is the definition the paper's evaluator uses; Metric_Python divides by (H-1)(W-1) instead, which gives 0.37 % more.
     """
     dy, dx = np.gradient(_gray(fused))
     return float(np.sqrt((dx * dx + dy * dy) / 2).mean())
@@ -301,7 +301,7 @@ def _edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _edge_preservation(g_x: np.ndarray, a_x: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
-    """Per-pixel Q_XF = Q_g·Q_α of Xydeas & Petrović (2000), constants as in MAFS_SPEC §5.1."""
+    """Per-pixel Q_XF = Q_g·Q_α of Xydeas & Petrović (2000), with that paper's constants."""
     lo, hi = np.minimum(g_x, g_f), np.maximum(g_x, g_f)
     # Relative strength min/max. Where g_X == g_F, the MATLAB-derived code takes g_F itself rather than 1 (so 0
     # where both are 0); kept so that the values match the published ones.

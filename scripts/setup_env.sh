@@ -248,7 +248,7 @@ if [[ "$changed" == 1 || ! -f "$STAMP_DIR/checked" ]]; then
   for s in mafs mafs_node; do
     [[ -x "$VENV/bin/$s" ]] || die "console script $VENV/bin/$s missing"
   done
-  [[ -f "$ROOT/mafs_ros/cli.py" ]] || log "note: mafs_ros/cli.py does not exist yet: .venv/bin/mafs will fail until it does"
+  [[ -f "$ROOT/mafs_ros/cli/__init__.py" ]] || log "note: mafs_ros/cli/ does not exist yet: .venv/bin/mafs will fail until it does"
   touch "$STAMP_DIR/checked"
 fi
 

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 
 from mafs_ros.bags import BagReader, deserialize
-from mafs_ros.train.data import discover_pairs, load_pair
+from mafs_ros.io.images import load_pair
+from mafs_ros.io.layouts import discover_pairs
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 SIZE = (160, 120)  # (W, H): small, so that the stand-in network and the metrics are fast

@@ -1,6 +1,10 @@
-"""Session set-up shared by every test module."""
+"""Session set-up and fixtures shared by every test module."""
 
 import os
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from mafs_ros.ros.transport import use_large_image_profile
 
@@ -9,3 +13,24 @@ from mafs_ros.ros.transport import use_large_image_profile
 # users are told to configure for images is set here, before any of them: otherwise the first test to create one
 # decides for all the others (the demo's player then sent 640x480 frames over fragmented UDP and lost them).
 use_large_image_profile(os.environ)
+
+
+@pytest.fixture
+def tiny_bag(tmp_path) -> Path:
+    """An MCAP bag of two 32x32 RGB/thermal pairs on the node's default topics (plain grey images)."""
+    from mafs_ros.bags import write_pairs_bag
+
+    pairs = [(np.full((32, 32, 3), 100 + i, np.uint8), np.full((32, 32), 50 + i, np.uint8)) for i in range(2)]
+    path = tmp_path / "tiny_bag"
+    write_pairs_bag(path, pairs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The replay tests' engine: the stand-in network (fused image = mean of the inputs) on the CPU."""
+    from stand_in_net import KnownNet
+
+    from mafs_ros.engine import MafsEngine
+
+    return MafsEngine(model=KnownNet(fused="mean"), device="cpu")

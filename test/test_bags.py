@@ -13,10 +13,20 @@ import pytest
 from bag_helpers import read_topics, small_pairs
 
 from mafs_ros import bags
+from mafs_ros.constants import (
+    CAMERA_INFO_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    IMAGE_TYPE,
+    RESULT_TYPE,
+    RGB_TOPIC,
+    THERMAL_TOPIC,
+    absolute_topic,
+)
 from mafs_ros.ros.conversions import image_to_numpy
+from mafs_ros.stamps import stamp_ns
 
 ROOT = Path(__file__).resolve().parents[1]
-RGB, THERMAL, TRUTH = bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC
+RGB, THERMAL, TRUTH = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC), absolute_topic(GROUND_TRUTH_TOPIC)
 
 
 def _msg_fields(name: str) -> list[str]:
@@ -61,13 +71,13 @@ def test_result_message_cdr_decodes_with_rclpy():
     header = bags.make_header(1_700_000_000_123_456_789, "rgb_camera")
     fused = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     labels = (np.arange(20, dtype=np.uint8) % 9).reshape(4, 5)
-    msg = bags.typestore().types[bags.RESULT_TYPE](
+    msg = bags.typestore().types[RESULT_TYPE](
         header=header, fused=bags.image_message(fused, "rgb8", header),
         labels=bags.image_message(labels, "mono8", header), confidence=bags.empty_image(header),
         rgb_stamp=header.stamp, thermal_stamp=bags.make_header(1_700_000_000_100_000_000, "").stamp,
         preprocess_ms=1.5, inference_ms=20.25, postprocess_ms=3.0,
     )
-    raw = bags.typestore().serialize_cdr(msg, bags.RESULT_TYPE)
+    raw = bags.typestore().serialize_cdr(msg, RESULT_TYPE)
     native = deserialize_message(bytes(raw), generated.FusedSegmentation)
     assert (native.header.stamp.sec, native.header.stamp.nanosec) == (1_700_000_000, 123_456_789)
     assert native.header.frame_id == "rgb_camera"
@@ -92,7 +102,7 @@ def test_write_pairs_bag_stamps_order_and_pixels(tmp_path, storage):
     pairs = small_pairs()
     written = bags.write_pairs_bag(tmp_path / "bag", pairs, rate_hz=20.0, thermal_offset_s=0.03, jitter_s=0.004,
                                    seed=3, storage=storage, thermal_encoding="mono16", repeat=2,
-                                   camera_info_topic=bags.CAMERA_INFO_TOPIC)
+                                   camera_info_topic=absolute_topic(CAMERA_INFO_TOPIC))
     n = 2 * len(pairs)
     start = written.rgb_stamps_ns[0]
     assert written.rgb_stamps_ns == [start + i * 50_000_000 for i in range(n)]
@@ -103,8 +113,8 @@ def test_write_pairs_bag_stamps_order_and_pixels(tmp_path, storage):
 
     with bags.BagReader(tmp_path / "bag") as reader:
         assert {t: i.count for t, i in reader.topics.items()} == {
-            RGB: n, THERMAL: n, TRUTH: len(labelled), bags.CAMERA_INFO_TOPIC: n}
-        receive = [m.receive_ns for m in reader.messages([RGB, THERMAL, TRUTH, bags.CAMERA_INFO_TOPIC])]
+            RGB: n, THERMAL: n, TRUTH: len(labelled), absolute_topic(CAMERA_INFO_TOPIC): n}
+        receive = [m.receive_ns for m in reader.messages([RGB, THERMAL, TRUTH, absolute_topic(CAMERA_INFO_TOPIC)])]
     assert receive == sorted(receive)
     metadata = (tmp_path / "bag" / "metadata.yaml").read_text()
     assert "version: 9" in metadata and f"storage_identifier: {storage}" in metadata
@@ -112,15 +122,15 @@ def test_write_pairs_bag_stamps_order_and_pixels(tmp_path, storage):
     got = read_topics(tmp_path / "bag", [RGB, THERMAL, TRUTH])
     for i, ((rgb_t, rgb_msg), (thermal_t, thermal_msg)) in enumerate(zip(got[RGB], got[THERMAL])):
         rgb, thermal, _ = pairs[i % len(pairs)]
-        assert bags.stamp_ns(rgb_msg.header) == written.rgb_stamps_ns[i]
+        assert stamp_ns(rgb_msg.header) == written.rgb_stamps_ns[i]
         assert rgb_t == written.rgb_stamps_ns[i] + 5_000_000  # received 5 ms after the stamp
-        assert bags.stamp_ns(thermal_msg.header) == written.thermal_stamps_ns[i]
+        assert stamp_ns(thermal_msg.header) == written.thermal_stamps_ns[i]
         assert rgb_msg.encoding == "rgb8" and np.array_equal(image_to_numpy(rgb_msg), rgb)
         assert thermal_msg.encoding == "mono16"
         assert np.array_equal(image_to_numpy(thermal_msg), thermal.astype(np.uint16) * 257)
     (label_t, label_msg), = got[TRUTH][:1]
     assert np.array_equal(image_to_numpy(label_msg), pairs[labelled[0]][2])
-    assert bags.stamp_ns(label_msg.header) == written.rgb_stamps_ns[labelled[0]]
+    assert stamp_ns(label_msg.header) == written.rgb_stamps_ns[labelled[0]]
 
 
 def test_write_pairs_bag_from_a_folder(tmp_path):
@@ -158,12 +168,12 @@ def rosbag2_metadata(version: int, storage: str, file_name: str, written: bags.W
     yaml.hpp): 4 relative_file_paths and QoS, 5 files, 6 custom_data, 7 type_description_hash, 8 ros_distro, 9 QoS
     as a YAML list with enum names."""
     qos = "\n" + textwrap.indent(QOS_NAMES, " " * 10) if version >= 9 else " " + json.dumps(QOS_NUMBERS)
-    type_hash = f"\n        type_description_hash: {bags.typestore().hash_rihs01(bags.IMAGE_TYPE)}"
+    type_hash = f"\n        type_description_hash: {bags.typestore().hash_rihs01(IMAGE_TYPE)}"
     topics = "".join(
         f"""
     - topic_metadata:
         name: {topic}
-        type: {bags.IMAGE_TYPE}
+        type: {IMAGE_TYPE}
         serialization_format: cdr
         offered_qos_profiles:{qos}{type_hash if version >= 7 else ""}
       message_count: {len(stamps)}"""
@@ -249,10 +259,10 @@ def test_reads_every_rosbag2_metadata_version(tmp_path, version, storage):
 
     with bags.BagReader(bag) as reader:
         assert not reader.recovered  # opened through metadata.yaml, not by the front-to-back scan
-        assert reader.topics == {RGB: bags.TopicInfo(bags.IMAGE_TYPE, 2), THERMAL: bags.TopicInfo(bags.IMAGE_TYPE, 2)}
+        assert reader.topics == {RGB: bags.TopicInfo(IMAGE_TYPE, 2), THERMAL: bags.TopicInfo(IMAGE_TYPE, 2)}
         assert reader.offered_qos(RGB) == [bags.qos_profile(reliable=False, depth=5)]
     got = read_topics(bag, [RGB, THERMAL])
-    assert [bags.stamp_ns(m.header) for _, m in got[RGB]] == written.rgb_stamps_ns
+    assert [stamp_ns(m.header) for _, m in got[RGB]] == written.rgb_stamps_ns
     assert np.array_equal(image_to_numpy(got[THERMAL][1][1]), small_pairs()[1][1])
 
 
@@ -270,7 +280,7 @@ def test_truncated_mcap_is_read_up_to_the_last_complete_record(tmp_path):
         with pytest.raises(bags.BagReadError, match="broken MCAP record at byte") as failure:
             for message in reader.messages([RGB, THERMAL]):
                 if message.topic == RGB:
-                    stamps.append(bags.stamp_ns(bags.deserialize(message).header))
+                    stamps.append(stamp_ns(bags.deserialize(message).header))
     assert failure.value.messages_read == counts[RGB] + counts[THERMAL]
     assert stamps == written.rgb_stamps_ns[: len(stamps)] and len(stamps) == counts[RGB]  # a clean prefix
 
@@ -295,4 +305,4 @@ def test_writer_keeps_what_was_written_when_the_block_fails(tmp_path):
             writer.write("/x", 5_000, bags.image_message(np.zeros((2, 3), np.uint8), "mono8", header))
             raise RuntimeError("boom")
     got = read_topics(tmp_path / "out", ["/x"])["/x"]
-    assert [t for t, _ in got] == [5_000] and bags.stamp_ns(got[0][1].header) == 1_000
+    assert [t for t, _ in got] == [5_000] and stamp_ns(got[0][1].header) == 1_000

@@ -15,10 +15,12 @@ import torch
 from stand_in_net import KnownNet
 
 import mafs_ros.cli as cli
+from mafs_ros.cli import engine_options
 from mafs_ros.checkpoint import save_checkpoint
 from mafs_ros.class_sets import MFNET
 from mafs_ros.engine import MafsEngine
 from mafs_ros.imaging import overlay
+from mafs_ros.io.images import read_thermal
 from mafs_ros.model import build_model, get_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -27,7 +29,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 @pytest.fixture
 def known_engine(monkeypatch):
     monkeypatch.setattr(
-        cli, "engine_from_args",
+        engine_options, "engine_from_args",
         lambda args: MafsEngine(model=KnownNet(), device="cpu", thermal_normalization=args.thermal_norm),
     )
 
@@ -111,7 +113,7 @@ def test_fuse_16bit_and_colour_thermal(tmp_path, known_engine):
     cv2.imwrite(str(tmp_path / "ir" / "colour.png"), np.dstack([noise, noise, thermal]))  # BGR: thermal in red
     out = tmp_path / "out"
     assert cli.main(["fuse", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"), "--out", str(out)]) == 0
-    assert cli.read_thermal(tmp_path / "ir" / "deep.png").dtype == np.uint16
+    assert read_thermal(tmp_path / "ir" / "deep.png").dtype == np.uint16
     for stem in ("deep", "colour"):
         np.testing.assert_array_equal(_read(out / "labels" / f"{stem}.png"), _expected_labels(thermal))
 

@@ -9,7 +9,9 @@ from ros_harness import DOMAIN_ID
 
 from mafs_ros import bags
 from mafs_ros.cli import main
+from mafs_ros.constants import INFO_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, absolute_topic
 from mafs_ros.demo import _print_summary
+from mafs_ros.stamps import stamp_ns
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolat
     assert main(["demo", "--out", str(out), "--device", "cpu", "--rate-hz", "2", "--max-pairs", "3"]) == 0
 
     report = json.loads((out / "report.json").read_text())
-    assert report["frames_read"][bags.RGB_TOPIC] == 3
+    assert report["frames_read"][absolute_topic(RGB_TOPIC)] == 3
     fused = report["pairs_fused"]
     assert 1 <= fused <= 3
     assert len(report["fusion"]["per_frame"]) == fused
@@ -35,9 +37,9 @@ def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolat
 
     with bags.BagReader(out / "recording") as reader:
         topics = reader.topics
-        rgb_stamps = {bags.stamp_ns(bags.deserialize(m).header) for m in reader.messages([bags.RGB_TOPIC])}
-        result_stamps = [bags.stamp_ns(bags.deserialize(m).header) for m in reader.messages([bags.RESULT_TOPIC])]
-    assert topics[bags.RESULT_TOPIC].count == fused and topics[bags.INFO_TOPIC].count == 1
+        rgb_stamps = {stamp_ns(bags.deserialize(m).header) for m in reader.messages([absolute_topic(RGB_TOPIC)])}
+        result_stamps = [stamp_ns(bags.deserialize(m).header) for m in reader.messages([absolute_topic(RESULT_TOPIC)])]
+    assert topics[absolute_topic(RESULT_TOPIC)].count == fused and topics[absolute_topic(INFO_TOPIC)].count == 1
     assert set(result_stamps) <= rgb_stamps  # outputs carry the RGB input's stamp
     for name in ("report.md", "node.log"):
         assert (out / name).is_file()
@@ -50,8 +52,8 @@ def test_summary_of_a_run_without_scored_pairs(tmp_path, capsys):
     summary names only the files written."""
     report = {
         "fusion": {"mean": None, "per_frame": []}, "latency_ms": {"p50": None, "p95": None},
-        "end_to_end_ms": {"p50": None}, "frames_read": {bags.RGB_TOPIC: 3}, "pairs_fused": 0,
-        "unmatched": {bags.RGB_TOPIC: 1, bags.THERMAL_TOPIC: 1}, "files": ["report.json", "report.md"],
+        "end_to_end_ms": {"p50": None}, "frames_read": {absolute_topic(RGB_TOPIC): 3}, "pairs_fused": 0,
+        "unmatched": {absolute_topic(RGB_TOPIC): 1, absolute_topic(THERMAL_TOPIC): 1}, "files": ["report.json", "report.md"],
     }
     _print_summary(report, tmp_path)
     lines = capsys.readouterr().out.splitlines()
@@ -67,8 +69,8 @@ def test_summary_of_a_run_without_scored_pairs(tmp_path, capsys):
 def test_summary_names_the_plots_and_contact_sheet_when_written(tmp_path, capsys):
     report = {
         "fusion": {"mean": {"EN": 6.5, "SSIM": 0.71}}, "latency_ms": {"p50": 410.2, "p95": 480.9},
-        "end_to_end_ms": {"p50": 530.0}, "frames_read": {bags.RGB_TOPIC: 3}, "pairs_fused": 2,
-        "unmatched": {bags.RGB_TOPIC: 1, bags.THERMAL_TOPIC: 0},
+        "end_to_end_ms": {"p50": 530.0}, "frames_read": {absolute_topic(RGB_TOPIC): 3}, "pairs_fused": 2,
+        "unmatched": {absolute_topic(RGB_TOPIC): 1, absolute_topic(THERMAL_TOPIC): 0},
         "files": ["report.json", "report.md", "metrics_over_time.png", "latency_hist.png", "skew_hist.png",
                   "contact_sheet.png"],
     }

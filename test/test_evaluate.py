@@ -16,11 +16,12 @@ import pytest
 from stand_in_net import KnownNet
 
 import mafs_ros.cli as cli
+from mafs_ros.cli import engine_options
 from mafs_ros.class_sets import MFNET
 from mafs_ros.engine import MafsEngine
 from mafs_ros.evaluate import evaluate, fusion_report, thermal_u8
 from mafs_ros.metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8
-from mafs_ros.train.data import PairFiles
+from mafs_ros.io.layouts import PairFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -176,7 +177,7 @@ def test_eval_real_checkpoint(tmp_path, capsys):
 
 
 def test_eval_without_labels_has_no_segmentation(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "engine_from_args", lambda args: _stand_in_engine())
+    monkeypatch.setattr(engine_options, "engine_from_args", lambda args: _stand_in_engine())
     data = _copy(["01409D"], SAMPLE, tmp_path / "data")
     out = tmp_path / "eval"
     assert cli.main(["eval", "--data", str(data), "--out", str(out), "--contact-sheet", "0"]) == 0

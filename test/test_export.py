@@ -19,13 +19,13 @@ import torch
 
 import mafs_ros.cli as cli
 import mafs_ros.export as export
-from mafs_ros.bench import sample_pairs
+from mafs_ros.backends.onnxruntime_backend import OnnxRuntimeNet
 from mafs_ros.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from mafs_ros.class_sets import MFNET
 from mafs_ros.engine import MafsEngine
 from mafs_ros.export import OnnxVerificationError, export_onnx, verify_onnx
+from mafs_ros.io.samples import sample_pairs
 from mafs_ros.model import build_model, get_config
-from mafs_ros.onnx_backend import OnnxRuntimeNet
 
 FIXED_SIZE = (64, 96)
 CPU = torch.device("cpu")

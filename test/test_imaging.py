@@ -19,7 +19,7 @@ def _pixel(r: float, g: float, b: float) -> torch.Tensor:
 @pytest.mark.parametrize(
     "rgb, expected",
     [
-        # Hand-computed from spec §1.2: Y = .299R+.587G+.114B, Cb = .564(B-Y)+.5, Cr = .713(R-Y)+.5
+        # Hand-computed from the official formulas: Y = .299R+.587G+.114B, Cb = .564(B-Y)+.5, Cr = .713(R-Y)+.5
         ((1.0, 0.0, 0.0), (0.299, 0.5 - 0.564 * 0.299, 0.5 + 0.713 * 0.701)),
         ((0.0, 0.0, 1.0), (0.114, 0.5 + 0.564 * 0.886, 0.5 - 0.713 * 0.114)),
         ((0.2, 0.4, 0.6), (0.363, 0.5 + 0.564 * 0.237, 0.5 - 0.713 * 0.163)),

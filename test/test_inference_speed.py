@@ -11,9 +11,10 @@ from ros_harness import DOMAIN_ID
 from stand_in_net import KnownNet
 from torch import nn
 
-from mafs_ros.bench import BenchPlan, check_precision, interleaved_runs, run_bench, sample_pairs, timed_runs
+from mafs_ros.bench import BenchPlan, check_precision, interleaved_runs, run_bench, timed_runs
 from mafs_ros.cli import main
 from mafs_ros.engine import MafsEngine
+from mafs_ros.io.samples import sample_pairs
 from mafs_ros.model import build_model, get_config
 from mafs_ros.model.inference import fuse_conv_bn
 

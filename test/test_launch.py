@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mafs_ros import bags
+from mafs_ros import bags, constants
 from mafs_ros.cli import build_parser
-from mafs_ros.ros import node as node_module
+from mafs_ros.constants import absolute_topic
+from mafs_ros.ros.parameters import PARAMETERS
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_DIR = REPO / "launch"
@@ -28,7 +29,7 @@ REPLAY_LAUNCH = "replay.launch.py"
 LAUNCH_FILES = (MAFS_LAUNCH, REPLAY_LAUNCH)
 RVIZ_CONFIG = REPO / "config" / "mafs.rviz"
 
-NODE_TOPICS = set(node_module.INPUT_TOPICS + node_module.OUTPUT_TOPICS)
+NODE_TOPICS = set(constants.INPUT_TOPICS + constants.OUTPUT_TOPICS)
 ARGUMENTS = {
     MAFS_LAUNCH: {
         "rgb_topic", "thermal_topic", "camera_info_topic", "params_file", "checkpoint", "device", "use_sim_time",
@@ -37,15 +38,15 @@ ARGUMENTS = {
     REPLAY_LAUNCH: {"bag", "rate", "loop", "delay", "record", "record_path"},
 }
 INPUT_ARGUMENTS = {
-    node_module.RGB_TOPIC: "rgb_topic",
-    node_module.THERMAL_TOPIC: "thermal_topic",
-    node_module.CAMERA_INFO_TOPIC: "camera_info_topic",
+    constants.RGB_TOPIC: "rgb_topic",
+    constants.THERMAL_TOPIC: "thermal_topic",
+    constants.CAMERA_INFO_TOPIC: "camera_info_topic",
 }
 # What `mafs replay --from-recording` scores.
-SCORED_OUTPUTS = {node_module.FUSED_TOPIC, node_module.LABELS_TOPIC, node_module.RESULT_TOPIC}
+SCORED_OUTPUTS = {constants.FUSED_TOPIC, constants.LABELS_TOPIC, constants.RESULT_TOPIC}
 RVIZ_TOPICS = {
-    node_module.FUSED_TOPIC, node_module.OVERLAY_TOPIC, node_module.LABELS_TOPIC,
-    node_module.THERMAL_TOPIC, node_module.RGB_TOPIC,
+    constants.FUSED_TOPIC, constants.OVERLAY_TOPIC, constants.LABELS_TOPIC,
+    constants.THERMAL_TOPIC, constants.RGB_TOPIC,
 }
 
 
@@ -176,14 +177,14 @@ def test_remapped_topics_are_node_topics():
             for topic, _ in remappings(call):
                 assert topic.lstrip("/") in NODE_TOPICS, f"{name}: {topic} is not a topic of the node"
                 checked += 1
-    assert checked >= len(node_module.INPUT_TOPICS) + len(RVIZ_TOPICS)
+    assert checked >= len(constants.INPUT_TOPICS) + len(RVIZ_TOPICS)
 
 
 def test_mafs_node_is_the_package_executable_with_its_inputs_on_the_topic_arguments():
     tree = parse(MAFS_LAUNCH)
     call = node_call(tree, "mafs_node")
     assert constant_str(tree, keyword(call, "package")) == "mafs_ros"
-    assert constant_str(tree, keyword(call, "name")) == node_module.NODE_NAME
+    assert constant_str(tree, keyword(call, "name")) == constants.NODE_NAME
     remapped = {}
     for topic, target in remappings(call):
         assert isinstance(target, ast.Call) and ast.unparse(target.func) == "LaunchConfiguration", ast.unparse(target)
@@ -203,7 +204,7 @@ def test_parameters_set_by_the_launch_files_are_node_parameters():
     for call in calls(tree, "Node"):
         names |= parameter_names(tree, call)
     assert {"checkpoint", "device", "use_sim_time", "lifecycle"} <= names
-    assert names <= set(node_module.PARAMETERS) | {"use_sim_time"}
+    assert names <= set(PARAMETERS) | {"use_sim_time"}
     assert not calls(parse(REPLAY_LAUNCH), "Node"), "replay.launch.py starts the node through mafs.launch.py"
 
 
@@ -246,8 +247,8 @@ def test_replay_plays_with_clock_and_records_inputs_and_scored_outputs_in_sim_ti
     assert len(topics) + len(arguments) == len(recorded.elts), "only literals and LaunchConfigurations"
     assert SCORED_OUTPUTS <= {topic.lstrip("/") for topic in topics}
     # The bag's ground truth, under the name `mafs replay --from-recording` reads by default: mIoU of a live run.
-    assert bags.GROUND_TRUTH_TOPIC in topics
-    assert topics <= NODE_TOPICS | {node_module.DIAGNOSTICS_TOPIC, bags.GROUND_TRUTH_TOPIC}
+    assert absolute_topic(constants.GROUND_TRUTH_TOPIC) in topics
+    assert topics <= NODE_TOPICS | {constants.DIAGNOSTICS_TOPIC, absolute_topic(constants.GROUND_TRUTH_TOPIC)}
     # The inputs are recorded under the names the node subscribes to: its input topic arguments.
     assert arguments == set(INPUT_ARGUMENTS.values())
     assert calls(tree, "expand_topic_name"), "relative names must be resolved in the node's namespace"
@@ -264,9 +265,9 @@ def test_rviz_config_shows_node_topics_as_images():
         displays[topic[1:]] = display
     assert set(displays) == RVIZ_TOPICS
     for topic, display in displays.items():
-        expected = "Best Effort" if topic in node_module.INPUT_TOPICS else "Reliable"
+        expected = "Best Effort" if topic in constants.INPUT_TOPICS else "Reliable"
         assert display["Topic"]["Reliability Policy"] == expected, topic
-    assert displays[node_module.LABELS_TOPIC]["Normalize Range"] is True
+    assert displays[constants.LABELS_TOPIC]["Normalize Range"] is True
     assert manager["Global Options"]["Fixed Frame"]
 
 
@@ -318,8 +319,8 @@ def test_documented_reports_of_recordings_read_what_was_recorded(text):
             args = build_parser().parse_args(words[1:])
             assert args.out is not None, " ".join(words)
             assert args.from_recording == Path(record["record_path"]), " ".join(words)
-            for argument, default in (("rgb_topic", node_module.RGB_TOPIC),
-                                      ("thermal_topic", node_module.THERMAL_TOPIC)):
+            for argument, default in (("rgb_topic", constants.RGB_TOPIC),
+                                      ("thermal_topic", constants.THERMAL_TOPIC)):
                 assert bags.topic_name(getattr(args, argument)) == bags.topic_name(record.get(argument, default))
             checked += 1
     assert checked >= 1
@@ -330,6 +331,37 @@ def test_readme_documents_every_launch_argument():
     for name, arguments in ARGUMENTS.items():
         for argument in arguments:
             assert f"| `{argument}` |" in readme, f"launch/README.md lacks {argument} of {name}"
+
+
+def test_parameter_file_pairing_and_registration_defaults_are_the_constants():
+    """config/mafs.yaml holds the same sync.* and registration defaults as the node, `mafs replay` and
+    `mafs calibrate` take from mafs_ros.constants."""
+    parameters = yaml.safe_load((REPO / "config" / "mafs.yaml").read_text(encoding="utf-8"))["/**"]["ros__parameters"]
+    sync = parameters["sync"]
+    assert (sync["slop_s"], sync["queue_size"], sync["thermal_offset_s"], sync["max_wait_s"]) == (
+        constants.SLOP_S, constants.QUEUE_SIZE, constants.THERMAL_OFFSET_S, constants.MAX_WAIT_S)
+    assert tuple(parameters["registration"]["homography"]) == constants.IDENTITY_HOMOGRAPHY
+    replay = build_parser().parse_args(["replay", "BAG", "--out", "OUT"])
+    calibrate = build_parser().parse_args(["calibrate", "BAG", "--out", "OUT"])
+    for args in (replay, calibrate):
+        assert (args.slop_s, args.queue_size, args.thermal_offset_s) == (sync["slop_s"], sync["queue_size"],
+                                                                         sync["thermal_offset_s"])
+        assert (args.rgb_topic, args.thermal_topic) == (absolute_topic(constants.RGB_TOPIC),
+                                                        absolute_topic(constants.THERMAL_TOPIC))
+    assert replay.max_wait_s == sync["max_wait_s"]
+    assert tuple(replay.homography) == tuple(parameters["registration"]["homography"])
+
+
+def test_launch_topic_arguments_default_to_the_node_topics():
+    tree = parse(MAFS_LAUNCH)
+    defaults = {first_argument(tree, call): keyword(call, "default_value")
+                for call in calls(tree, "DeclareLaunchArgument")}
+    for topic, argument in INPUT_ARGUMENTS.items():
+        assert constant_str(tree, defaults[argument]) == topic, argument
+    # rviz2's subscriptions are remapped to where the node's own outputs are: named by their relative names.
+    named = [call.args[0] for call in calls(tree, "expand_topic_name")]
+    literals = {node.value for node in named if isinstance(node, ast.Constant)}
+    assert literals and literals <= set(constants.OUTPUT_TOPICS), literals
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from mafs_ros.msg import FusedSegmentation
 from rcl_interfaces.msg import Log
 from rclpy.parameter import Parameter
-from ros_harness import DOMAIN_ID, RosHarness, diagnostics_values, image_msg, sample_pairs
+from ros_harness import DOMAIN_ID, PAIR_SIZE, RosHarness, diagnostics_values, image_msg
 from sensor_msgs.msg import Image
 from stand_in_net import KnownNet
 
 from mafs_ros.engine import MafsEngine
+from mafs_ros.io.samples import sample_pairs
 from mafs_ros.ros.bench_node import StandInEngine
 from mafs_ros.ros.node import MafsNode
 
@@ -82,7 +83,7 @@ def managed_node(ros: RosHarness, engine=None, **parameters) -> MafsNode:
 
 
 def publish_pair(ros: RosHarness, stamp_ns: int) -> None:
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     ros.publisher(Image, "thermal/image").publish(image_msg(thermal, "mono8", stamp_ns, "camera_thermal"))
     ros.publisher(Image, "rgb/image").publish(image_msg(rgb, "rgb8", stamp_ns, "camera_rgb"))
 

@@ -22,7 +22,8 @@ from mafs_ros.model.efficientnet_lite import (
 )
 from mafs_ros.model.encoders import get_encoder
 from mafs_ros.model.inference import prepare_for_inference
-from mafs_ros.train.data import PairFiles, select_stems, thermal_appearance, upscale_to_fit
+from mafs_ros.io.layouts import PairFiles, select_stems
+from mafs_ros.train.data import thermal_appearance, upscale_to_fit
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # ImageNet-1k ids of road vehicles and their parts: ambulance, beach wagon, cab, convertible, jeep, limousine,

@@ -23,7 +23,8 @@ SAMPLE = FIXTURES / "msrs_sample"
 REFERENCE = FIXTURES / "fusion_metrics"
 FUSED_SOURCES = ("avg", "max", "ir_weighted")
 
-# Relative tolerances against reference_cddfuse.csv (SOURCE.md §6 suggests 1e-5 except for SSIM):
+# Relative tolerances against reference_cddfuse.csv (fixtures/fusion_metrics/SOURCE.md, section 6,
+# suggests 1e-5 except for SSIM):
 # - EN and MI are exact in both implementations. SD, SF, AG, SCD and Qabf are float32 in the evaluator and
 #   float64 here, which differ by <= 4e-7 on this sample.
 TIGHT_RTOL = 1e-6
@@ -99,7 +100,8 @@ def test_fusion_metrics_match_cddfuse_reference(stem: str) -> None:
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_luma_u8_regenerates_reference_fused_images(stem: str) -> None:
-    """The fused fixtures were built from Pillow's luma with exact rules (SOURCE.md §2)."""
+    """The fused fixtures were built from Pillow's luma with exact rules (fixtures/fusion_metrics/SOURCE.md,
+    section 2)."""
     a = _read_gray(SAMPLE / "ir" / f"{stem}.png").astype(np.int64)
     y = M.luma_u8(_read_rgb(SAMPLE / "vi" / f"{stem}.png")).astype(np.int64)
     fused = {s: _read_gray(REFERENCE / "fused" / s / f"{stem}.png") for s in FUSED_SOURCES}

@@ -17,13 +17,15 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from mafs_ros.msg import FusedSegmentation, SegmentationInfo
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import DOMAIN_ID, RosHarness, diagnostics_values, image_msg, sample_pairs
+from ros_harness import DOMAIN_ID, PAIR_SIZE, RosHarness, diagnostics_values, image_msg
 from sensor_msgs.msg import CameraInfo, Image
 from stand_in_net import NUM_CLASSES, KnownNet
 
 from mafs_ros.engine import MafsEngine
+from mafs_ros.io.samples import sample_pairs
 from mafs_ros.ros.conversions import image_to_numpy
-from mafs_ros.ros.node import PARAMETERS, MafsNode, StartupError
+from mafs_ros.ros.node import MafsNode
+from mafs_ros.ros.parameters import PARAMETERS, StartupError
 
 REPO = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -94,7 +96,7 @@ def test_real_pairs_with_jittered_stamps_give_every_output(ros):
     node = start_node(ros, publish_confidence=True)
     camera_info = CameraInfo(width=160, height=128, distortion_model="plumb_bob")
     ros.publisher(CameraInfo, "rgb/camera_info").publish(camera_info)
-    pairs = sample_pairs()
+    pairs = sample_pairs(PAIR_SIZE, 3)
     rng = np.random.default_rng(0)
     sent = []
     for i, (rgb, thermal) in enumerate(pairs):
@@ -137,7 +139,7 @@ def test_real_pairs_with_jittered_stamps_give_every_output(ros):
 
 def test_pairs_outside_slop_are_never_fused(ros):
     node = start_node(ros, **{"sync.slop_s": 0.03})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     for i in range(4):  # thermal 40 ms after RGB: outside a 30 ms slop
         publish_pair(ros, rgb, thermal, T0 + i * 200 * MS, T0 + i * 200 * MS + 40 * MS)
         time.sleep(0.05)
@@ -152,7 +154,7 @@ def test_pairs_outside_slop_are_never_fused(ros):
 
 def test_thermal_offset_parameter_pairs_lagging_thermal(ros):
     start_node(ros, **{"sync.slop_s": 0.02, "sync.thermal_offset_s": -0.1})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0 + 95 * MS)  # thermal stamps 100 ms late
     assert ros.wait_for(lambda: len(results(ros)) == 1)
     assert stamp_ns(results(ros)[0].thermal_stamp) == T0 + 95 * MS
@@ -161,7 +163,7 @@ def test_thermal_offset_parameter_pairs_lagging_thermal(ros):
 def test_thermal_stamped_after_rgb_waits_at_most_max_wait_for_a_nearer_rgb_frame(ros):
     # A later RGB frame could be nearer to this thermal frame: with a long sync.max_wait_s it is waited for.
     start_node(ros, **{"sync.max_wait_s": 30.0})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0 + 20 * MS)
     time.sleep(0.5)
     assert results(ros) == []
@@ -180,7 +182,7 @@ def test_an_isolated_pair_comes_back_within_max_wait_plus_inference(ros, skew_ms
     thermal frame 4 ms after the RGB one at sync.max_wait_s."""
     max_wait_s = 0.05
     node = start_node(ros, **{"sync.max_wait_s": max_wait_s})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     ros.publisher(Image, "rgb/image").publish(image_msg(rgb, "rgb8", T0, "camera_rgb"))
     time.sleep(0.2)
     sent = time.monotonic()
@@ -198,7 +200,7 @@ def test_an_isolated_pair_comes_back_within_max_wait_plus_inference(ros, skew_ms
 
 def test_max_wait_changes_at_run_time_and_refuses_bad_values(ros):
     node = start_node(ros, **{"sync.max_wait_s": 30.0})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0 + 4 * MS)
     time.sleep(0.3)
     assert results(ros) == []
@@ -216,7 +218,7 @@ def test_frames_missing_from_a_stream_are_counted_and_warned(ros):
     rgb_pub = ros.node.create_publisher(Image, "rgb/image", reliable)  # no real loss: only the skipped stamps
     thermal_pub = ros.node.create_publisher(Image, "thermal/image", reliable)
     assert ros.wait_for(lambda: thermal_pub.get_subscription_count() > 0 and rgb_pub.get_subscription_count() > 0)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     missing = 0
     for i in range(90):
         stamp = T0 + i * 100 * MS
@@ -262,12 +264,12 @@ def test_an_incompatible_qos_publisher_is_a_warning_naming_the_topic(ros):
 
 def test_drops_are_counted_when_inputs_outpace_inference(ros):
     node = start_node(ros, engine=SlowEngine(stand_in_engine(), 0.25))
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     for i in range(12):
         publish_pair(ros, rgb, thermal, T0 + i * 33 * MS, T0 + i * 33 * MS - 2 * MS)
         time.sleep(0.03)
     assert ros.wait_for(lambda: node.counters()["published"] + node.counters()["dropped"]
-                        == node.counters()["pairing"]["matched"] and node._mailbox._pair is None, 10)
+                        == node.counters()["pairing"]["matched"] and node._workers.mailbox._pair is None, 10)
     counters = node.counters()
     assert counters["dropped"] > 0
     assert counters["published"] + counters["dropped"] == counters["pairing"]["matched"]
@@ -278,7 +280,7 @@ def test_drops_are_counted_when_inputs_outpace_inference(ros):
 @pytest.mark.parametrize("encoding", ["mono16", "16UC1", "32FC1"])
 def test_wide_thermal_encodings(ros, encoding):
     start_node(ros, engine=stand_in_engine(thermal_normalization="minmax"))
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     wide = thermal.astype(np.uint16) * 64 + 1000 if encoding != "32FC1" else thermal.astype(np.float32) / 10 + 20
     publish_pair(ros, rgb, wide, T0, T0, thermal_encoding=encoding)
     assert ros.wait_for(lambda: len(results(ros)) == 1)
@@ -290,7 +292,7 @@ def test_wide_thermal_encodings(ros, encoding):
 
 def test_padded_step_and_bgr_are_decoded(ros):
     start_node(ros)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     msg = image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", T0, "camera_rgb")
     padded = np.zeros((msg.height, msg.step + 8), np.uint8)
     padded[:, : msg.step] = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
@@ -307,7 +309,7 @@ def test_padded_step_and_bgr_are_decoded(ros):
 
 def test_bad_inputs_are_counted_and_the_node_keeps_fusing(ros):
     node = start_node(ros)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     yuv = image_msg(rgb, "rgb8", T0, "camera_rgb")
     yuv.encoding = "yuv422"
     ros.publisher(Image, "thermal/image").publish(image_msg(thermal, "mono8", T0, "camera_thermal"))
@@ -334,7 +336,7 @@ def test_inference_errors_are_reported_and_the_node_continues(ros):
             return self._engine.infer(*args, **kwargs)
 
     node = start_node(ros, engine=FailingOnce(stand_in_engine(), 0.0), diagnostics_period_s=0.2)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0)
     assert ros.wait_for(lambda: node.counters()["rejected"].get("inference_error") == 1)
     assert ros.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "out of memory" in s.message
@@ -346,7 +348,7 @@ def test_inference_errors_are_reported_and_the_node_continues(ros):
 def test_homography_warps_thermal_into_rgb(ros):
     # thermal pixel (x, y) -> RGB pixel (x + 10, y): the labels (from thermal) move 10 px right
     start_node(ros, **{"registration.homography": [1.0, 0.0, 10.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0)
     assert ros.wait_for(lambda: len(results(ros)) == 1)
     labels = image_to_numpy(results(ros)[0].labels)
@@ -357,7 +359,7 @@ def test_homography_warps_thermal_into_rgb(ros):
 
 def test_diagnostics_report_rates_latency_and_device(ros):
     start_node(ros, diagnostics_period_s=0.2)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     for i in range(3):
         publish_pair(ros, rgb, thermal, T0 + i * 100 * MS, T0 + i * 100 * MS)
         ros.wait_for(lambda n=i + 1: len(results(ros)) >= n)
@@ -433,7 +435,7 @@ def test_parameter_services_and_diagnostics_answer_while_the_model_runs(ros):
     get_client = ros.node.create_client(GetParameters, "/mafs/get_parameters")
     set_client = ros.node.create_client(SetParameters, "/mafs/set_parameters")
     assert get_client.wait_for_service(timeout_sec=10) and set_client.wait_for_service(timeout_sec=10)
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0)
     assert ros.wait_for(lambda: node.counters()["pairing"]["matched"] == 1)
     time.sleep(0.1)  # the worker is now inside the 2 s forward pass
@@ -462,11 +464,11 @@ def test_overlay_and_fused_are_skipped_without_subscribers():
     try:
         harness.subscribe(FusedSegmentation, "mafs/result")
         node = start_node(harness, engine=Recording(stand_in_engine(), 0.0))
-        (rgb, thermal), = sample_pairs(count=1)
+        (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
         publish_pair(harness, rgb, thermal, T0, T0)
         assert harness.wait_for(lambda: len(harness.messages("mafs/result")) == 1)
         assert Recording.overlay_requests == [False]
-        assert node._fused_pub.get_subscription_count() == 0
+        assert node._outputs.fused.get_subscription_count() == 0
         assert harness.messages("mafs/result")[0].fused.width == rgb.shape[1]  # still in the result message
     finally:
         harness.close()
@@ -481,7 +483,7 @@ def test_throttled_errors_are_kept_apart_per_topic(ros):
             logged.append(message)
 
     node.get_logger = lambda: Logger()
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     for _ in range(3):
         for topic, array in (("rgb/image", rgb), ("thermal/image", thermal)):
             msg = image_msg(array, "rgb8" if array.ndim == 3 else "mono8", T0, "camera")
@@ -525,7 +527,7 @@ def test_message_filters_backend_pairs_and_counts(ros, monkeypatch):
     fake.Subscriber, fake.ApproximateTimeSynchronizer = Subscriber, ApproximateTimeSynchronizer
     monkeypatch.setitem(sys.modules, "message_filters", fake)
     node = start_node(ros, **{"sync.backend": "message_filters"})
-    (rgb, thermal), = sample_pairs(count=1)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     for i in range(2):
         publish_pair(ros, rgb, thermal, T0 + i * 200 * MS, T0 + i * 200 * MS + 3 * MS)
         assert ros.wait_for(lambda n=i + 1: len(results(ros)) == n)
@@ -558,7 +560,7 @@ def test_executable_fuses_a_pair_and_exits_cleanly_on_signal(ros, signum):
         # the latched info message proves the node is up and discovered before the first pair is sent
         assert ros.wait_for(lambda: len(ros.messages("segmentation/info")) == 1, 60)
         ros.wait_for_subscribers(["rgb/image", "thermal/image"], timeout_s=60)
-        (rgb, thermal), = sample_pairs(count=1)
+        (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
         publish_pair(ros, rgb, thermal, T0, T0)
         if not ros.wait_for(lambda: len(results(ros)) == 1, 60):
             proc.terminate()

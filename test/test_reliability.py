@@ -2,7 +2,7 @@
 publisher, sim time jumping back, SIGTERM during inference, DataLoader workers and SIGTERM, untrusted checkpoints.
 
 Bags cut short or corrupted are in test_reliability_replay.py. The 10-minute soak is `scripts/soak.py`; the 60 s
-one here runs the same code (`ros_harness.run_soak`).
+one here runs the same code (`run_soak`), and the frame accounting checks use its `accounting` and `balanced`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ from mafs_ros.msg import FusedSegmentation, SegmentationInfo
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
-from ros_harness import DOMAIN_ID, RosHarness, accounting, balanced, image_msg, rss_mib, run_soak
+from ros_harness import DOMAIN_ID, RosHarness, image_msg
+from script_modules import load_script
 from sensor_msgs.msg import Image
 from stand_in_net import KnownNet
 
 from mafs_ros.engine import MafsEngine
-from mafs_ros.ros.node import PAIR_REJECTIONS, MafsNode
+from mafs_ros.ros.diagnostics import PAIR_REJECTIONS
+from mafs_ros.ros.node import MafsNode
 
+soak = load_script("soak")
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -300,17 +303,17 @@ def test_fuzzed_messages_are_counted_and_valid_pairs_keep_fusing(ros, one_torch_
         if step % 6 == 0:
             delivered()
         if rss_warm is None and sum(sent.values()) >= 500:
-            rss_warm = rss_mib()
+            rss_warm = soak.rss_mib()
     send("rgb", fuzz.rgb(T0 + (k + 1) * 100 * MS + epoch * 1000)[0])  # settles a thermal frame still waiting
     unpaired += 1
     delivered()
-    assert ros.wait_for(lambda: balanced(node.counters()), 10), accounting(node.counters())
+    assert ros.wait_for(lambda: soak.balanced(node.counters()), 10), soak.accounting(node.counters())
     counters = node.counters()
     elapsed = time.monotonic() - start
-    rss_end = rss_mib()
+    rss_end = soak.rss_mib()
 
     # Every frame the node received is accounted for, and every outcome is the one expected of what was sent.
-    books = accounting(counters)
+    books = soak.accounting(counters)
     assert (counters["received_rgb"], counters["received_thermal"]) == (sent["rgb"], sent["thermal"])
     assert books["received"] == books["counted"] and books["pairs_matched"] == books["pairs_counted"], books
     frame_reasons = {r: n for r, n in counters["rejected"].items() if r not in PAIR_REJECTIONS}
@@ -330,7 +333,7 @@ def test_fuzzed_messages_are_counted_and_valid_pairs_keep_fusing(ros, one_torch_
     assert counters["published"] >= 0.6 * len(expected), (counters["published"], len(expected))
 
     # The node is still up and says what it refused, by reason, in /diagnostics (ERROR for the inference errors).
-    assert node._worker.is_alive()
+    assert node._workers._inference.is_alive()
     final = {f"rejected.{reason}": str(n) for reason, n in counters["rejected"].items()}
 
     def reported() -> bool:
@@ -351,7 +354,7 @@ def test_fuzzed_messages_are_counted_and_valid_pairs_keep_fusing(ros, one_torch_
 
 
 def test_soak_60_s_memory_and_latency_stay_flat_and_every_frame_is_counted():
-    result = run_soak(60.0)
+    result = soak.run_soak(60.0)
     print("\n" + result.summary())
     assert result.problems() == []
     # 9 Hz thermal next to 30 Hz RGB: most thermal frames find a partner and most pairs are fused. Not "all":
@@ -410,7 +413,7 @@ def test_a_camera_that_disappears_and_comes_back_is_paired_again(ros, one_torch_
     frames(25, 5, with_thermal=True)
 
     assert ros.wait_for(lambda: len(ros.messages("mafs/result")) == 10)
-    assert ros.wait_for(lambda: balanced(node.counters()))
+    assert ros.wait_for(lambda: soak.balanced(node.counters()))
     stamps = [(stamp_ns(r.rgb_stamp), stamp_ns(r.thermal_stamp)) for r in ros.messages("mafs/result")]
     assert stamps == [(T0 + i * 100 * MS, T0 + i * 100 * MS - 3 * MS) for i in [*range(5), *range(25, 30)]]
     pairing = node.counters()["pairing"]
@@ -451,7 +454,7 @@ def test_sim_time_jumping_back_resets_pairing_and_never_pairs_across_the_loop(ro
     play("first", range(19))  # frame 19's thermal frame is "still in flight" when the bag loops
     diagnostics_before = len(ros.messages("/diagnostics"))
     play("second", range(15), late_thermal_of="first")
-    assert ros.wait_for(lambda: balanced(node.counters()))
+    assert ros.wait_for(lambda: soak.balanced(node.counters()))
 
     results = ros.messages("mafs/result")
     for result, (name, i) in zip(results, [("first", i) for i in range(19)] + [("second", i) for i in range(15)]):

@@ -10,25 +10,21 @@ import os
 import numpy as np
 import pytest
 from bag_helpers import small_pairs
-from stand_in_net import KnownNet
 from test_replay import _copy_with, _error_lines, _frame_pairs, assert_replayed_up_to_the_cut
 
 import mafs_ros.cli as cli
 from mafs_ros import bags
-from mafs_ros.engine import MafsEngine
+from mafs_ros.cli import engine_options
+from mafs_ros.constants import FUSED_TOPIC, RGB_TOPIC, THERMAL_TOPIC, absolute_topic
+from mafs_ros.stamps import stamp_ns
 
-RGB, THERMAL, FUSED = bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.FUSED_TOPIC
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return MafsEngine(model=KnownNet(fused="mean"), device="cpu")
+RGB, THERMAL, FUSED = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC), absolute_topic(FUSED_TOPIC)
 
 
 @pytest.fixture
 def replay_cli(monkeypatch, engine, tmp_path, capsys):
     """Runs `mafs replay BAG --out tmp/out` with the stand-in engine; returns (exit code, stderr, report or None)."""
-    monkeypatch.setattr(cli, "engine_from_args", lambda args: engine)
+    monkeypatch.setattr(engine_options, "engine_from_args", lambda args: engine)
 
     def run(bag) -> tuple[int, str, dict | None]:
         code = cli.main(["replay", str(bag), "--out", str(tmp_path / "out"), "--contact-sheet", "0"])
@@ -88,7 +84,7 @@ def test_frames_the_node_refuses_are_never_paired(tmp_path, engine):
 
     written = bags.write_pairs_bag(tmp_path / "cams", small_pairs(), labels_topic=None)
     with bags.BagReader(tmp_path / "cams") as reader:
-        frames = {(m.topic, bags.stamp_ns(bags.deserialize(m).header)): m.receive_ns
+        frames = {(m.topic, stamp_ns(bags.deserialize(m).header)): m.receive_ns
                   for m in reader.messages([RGB, THERMAL])}
     nan_thermal, wide_rgb = written.thermal_stamps_ns[1], written.rgb_stamps_ns[4]
     shape = small_pairs()[0][1].shape

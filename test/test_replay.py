@@ -12,34 +12,44 @@ import cv2
 import numpy as np
 import pytest
 from bag_helpers import read_topics, small_pairs
-from stand_in_net import KnownNet
 
 import mafs_ros.cli as cli
 from mafs_ros import bags
-from mafs_ros.engine import MafsEngine
-from mafs_ros.evaluate import thermal_u8
+from mafs_ros.cli import engine_options
+from mafs_ros.constants import (
+    CAMERA_INFO_TOPIC,
+    FUSED_CAMERA_INFO_TOPIC,
+    FUSED_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    INFO_TOPIC,
+    INFO_TYPE,
+    LABELS_TOPIC,
+    OVERLAY_TOPIC,
+    RESULT_TOPIC,
+    RESULT_TYPE,
+    RGB_TOPIC,
+    THERMAL_TOPIC,
+    absolute_topic,
+)
+from mafs_ros.imaging import thermal_u8
 from mafs_ros.metrics import ConfusionMatrix, fusion_metrics, luma_u8
 from mafs_ros.replay import ReplayError, replay, report_from_recording
 from mafs_ros.ros.conversions import image_to_numpy
 from mafs_ros.ros.pairing import ApproximateTimePairer
 from mafs_ros.ros.registration import warp_thermal_to_rgb
+from mafs_ros.stamps import stamp_ns, time_ns
 
-RGB, THERMAL, TRUTH, INFO = bags.RGB_TOPIC, bags.THERMAL_TOPIC, bags.GROUND_TRUTH_TOPIC, bags.INFO_TOPIC
-FUSED, LABELS, OVERLAY, RESULT = bags.FUSED_TOPIC, bags.LABELS_TOPIC, bags.OVERLAY_TOPIC, bags.RESULT_TOPIC
+RGB, THERMAL, TRUTH, INFO = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC), absolute_topic(GROUND_TRUTH_TOPIC), absolute_topic(INFO_TOPIC)
+FUSED, LABELS, OVERLAY, RESULT = absolute_topic(FUSED_TOPIC), absolute_topic(LABELS_TOPIC), absolute_topic(OVERLAY_TOPIC), absolute_topic(RESULT_TOPIC)
 PLOTS = ["metrics_over_time.png", "latency_hist.png", "skew_hist.png", "contact_sheet.png"]
 DELAY_NS = 5_000_000  # write_pairs_bag's default transport delay
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return MafsEngine(model=KnownNet(fused="mean"), device="cpu")
 
 
 @pytest.fixture
 def stand_in_cli(monkeypatch, engine):
     """cli.main with the stand-in engine; returns the argparse namespaces engine_from_args was called with."""
     calls = []
-    monkeypatch.setattr(cli, "engine_from_args", lambda args: calls.append(args) or engine)
+    monkeypatch.setattr(engine_options, "engine_from_args", lambda args: calls.append(args) or engine)
     return calls
 
 
@@ -49,7 +59,7 @@ def _live_pairs(bag: Path, thermal_offset_s: float) -> list[tuple[int, int]]:
     pairs = []
     with bags.BagReader(bag) as reader:
         for message in reader.messages([RGB, THERMAL]):
-            stamp = bags.stamp_ns(bags.deserialize(message).header)
+            stamp = stamp_ns(bags.deserialize(message).header)
             pairs += pairer.add_rgb(stamp, None) if message.topic == RGB else pairer.add_thermal(stamp, None)
     pairs += pairer.flush()
     return [(p.rgb_stamp_ns, p.thermal_stamp_ns) for p in pairs]
@@ -76,7 +86,7 @@ def replayed(tmp_path_factory, engine):
     """A 12-frame MCAP bag (thermal lagging 20 ms with jitter, camera info, one labelled pair twice) and its replay."""
     root = tmp_path_factory.mktemp("replayed")
     written = bags.write_pairs_bag(root / "in", small_pairs(), repeat=2, thermal_offset_s=0.02, jitter_s=0.01,
-                                   seed=1, camera_info_topic=bags.CAMERA_INFO_TOPIC)
+                                   seed=1, camera_info_topic=absolute_topic(CAMERA_INFO_TOPIC))
     report = replay(root / "in", root / "out", engine=engine, thermal_offset_s=0.02, contact_sheet_count=2)
     return written, root / "out", report
 
@@ -90,14 +100,14 @@ def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(t
                                                                                 out_storage):
     # No thermal offset, 10 ms jitter: the thermal frame of a pair comes sometimes before, sometimes after the RGB one.
     written = bags.write_pairs_bag(tmp_path / "in", small_pairs(), repeat=2, jitter_s=0.01, seed=2,
-                                   storage=in_storage, camera_info_topic=bags.CAMERA_INFO_TOPIC)
+                                   storage=in_storage, camera_info_topic=absolute_topic(CAMERA_INFO_TOPIC))
     report = replay(tmp_path / "in", tmp_path / "out", engine=engine, storage=out_storage, contact_sheet_count=2)
 
     expected = list(zip(written.rgb_stamps_ns, written.thermal_stamps_ns))  # jitter 10 ms << 100 ms period
     assert any(t > r for r, t in expected) and any(t < r for r, t in expected)
     assert _live_pairs(tmp_path / "in", 0.0) == expected
     assert _frame_pairs(report) == expected
-    assert report["frames_read"] == {RGB: 12, THERMAL: 12, bags.CAMERA_INFO_TOPIC: 12, TRUTH: 2}
+    assert report["frames_read"] == {RGB: 12, THERMAL: 12, absolute_topic(CAMERA_INFO_TOPIC): 12, TRUTH: 2}
     assert report["pairs_fused"] == report["pairs_made"] == 12
     assert report["unmatched"] == {RGB: 0, THERMAL: 0} and report["skipped"] == {}
     assert report["read_error"] is None
@@ -108,14 +118,14 @@ def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(t
     out = tmp_path / "out" / "bag"
     assert f"storage_identifier: {out_storage}" in (out / "metadata.yaml").read_text()
     assert "version: 9" in (out / "metadata.yaml").read_text()
-    got = read_topics(out, [FUSED, LABELS, OVERLAY, RESULT, INFO, bags.FUSED_CAMERA_INFO_TOPIC, RGB, THERMAL])
+    got = read_topics(out, [FUSED, LABELS, OVERLAY, RESULT, INFO, absolute_topic(FUSED_CAMERA_INFO_TOPIC), RGB, THERMAL])
     rgb_receive = [stamp + DELAY_NS for stamp in written.rgb_stamps_ns]
     pair_complete = [max(rgb, thermal) + DELAY_NS for rgb, thermal in expected]  # when the later frame came
-    for topic in (FUSED, LABELS, OVERLAY, RESULT, bags.FUSED_CAMERA_INFO_TOPIC):
-        assert [bags.stamp_ns(m.header) for _, m in got[topic]] == written.rgb_stamps_ns, topic
+    for topic in (FUSED, LABELS, OVERLAY, RESULT, absolute_topic(FUSED_CAMERA_INFO_TOPIC)):
+        assert [stamp_ns(m.header) for _, m in got[topic]] == written.rgb_stamps_ns, topic
         assert [t for t, _ in got[topic]] == pair_complete, topic
     for (_, result), (_, fused), (rgb_stamp, thermal_stamp) in zip(got[RESULT], got[FUSED], expected):
-        assert (bags.time_ns(result.rgb_stamp), bags.time_ns(result.thermal_stamp)) == (rgb_stamp, thermal_stamp)
+        assert (time_ns(result.rgb_stamp), time_ns(result.thermal_stamp)) == (rgb_stamp, thermal_stamp)
         assert np.array_equal(image_to_numpy(result.fused), image_to_numpy(fused))
         assert result.fused.encoding == "rgb8" and result.labels.encoding == "mono8"
         assert result.inference_ms > 0 and result.confidence.width == 0
@@ -128,8 +138,8 @@ def test_replay_makes_the_live_pairs_and_an_output_bag_stamped_like_the_inputs(t
 def test_report_numbers_equal_metrics_on_the_output_images(replayed, engine):
     written, out, report = replayed
     got = read_topics(out / "bag", [FUSED, LABELS, RGB, THERMAL, TRUTH, RESULT])
-    rgb_by_stamp = {bags.stamp_ns(m.header): m for _, m in got[RGB]}
-    thermal_by_stamp = {bags.stamp_ns(m.header): m for _, m in got[THERMAL]}
+    rgb_by_stamp = {stamp_ns(m.header): m for _, m in got[RGB]}
+    thermal_by_stamp = {stamp_ns(m.header): m for _, m in got[THERMAL]}
     per_frame = report["fusion"]["per_frame"]
     assert len(per_frame) == len(got[FUSED]) == 12
     for index, (entry, (_, fused), (rgb_stamp, thermal_stamp)) in enumerate(
@@ -144,10 +154,10 @@ def test_report_numbers_equal_metrics_on_the_output_images(replayed, engine):
 
     # Segmentation: the published labels against the recorded ground truth (real MSRS labels, which the
     # stand-in network does not reproduce), through the project's confusion matrix.
-    labels_by_stamp = {bags.stamp_ns(m.header): image_to_numpy(m) for _, m in got[LABELS]}
+    labels_by_stamp = {stamp_ns(m.header): image_to_numpy(m) for _, m in got[LABELS]}
     matrix = ConfusionMatrix(len(engine.class_names), ignore_index=255)
     for _, truth in got[TRUTH]:
-        matrix.update(labels_by_stamp[bags.stamp_ns(truth.header)], image_to_numpy(truth))
+        matrix.update(labels_by_stamp[stamp_ns(truth.header)], image_to_numpy(truth))
     seg = report["segmentation"]
     assert seg["num_images"] == len(got[TRUTH]) == 2
     assert seg["confusion_matrix"] == matrix.matrix.tolist()
@@ -431,7 +441,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
     names = [f"class{i}" for i in range(9)]
     palette = np.arange(27, dtype=np.uint8)
     first = written.rgb_stamps_ns[0]
-    extra = [(INFO, first, types[bags.INFO_TYPE](
+    extra = [(INFO, first, types[INFO_TYPE](
         header=bags.make_header(first, ""), model_id="m.safetensors", model_config="mafs-lite", class_names=names,
         palette=palette, ignore_id=255))]
     dropped = {2, 7}
@@ -445,7 +455,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
         header = bags.make_header(rgb_stamp, "rgb_camera")
         fused_msg = bags.image_message(fused, "rgb8", header)
         labels_msg = bags.image_message(labels, "mono8", header)
-        result = types[bags.RESULT_TYPE](
+        result = types[RESULT_TYPE](
             header=header, fused=fused_msg, labels=labels_msg, confidence=bags.empty_image(header),
             rgb_stamp=header.stamp, thermal_stamp=bags.make_header(thermal_stamp, "").stamp,
             preprocess_ms=1.0, inference_ms=10.0 + i, postprocess_ms=2.0)
@@ -453,7 +463,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
         extra += [(FUSED, receive, fused_msg), (LABELS, receive, labels_msg), (RESULT, receive, result)]
         expected[rgb_stamp] = (thermal_stamp, fusion_metrics(thermal, luma_u8(rgb), luma_u8(fused)), i)
     orphan = bags.make_header(first - 10**9, "rgb_camera")  # inputs from before the recording started
-    extra.append((RESULT, first, types[bags.RESULT_TYPE](
+    extra.append((RESULT, first, types[RESULT_TYPE](
         header=orphan, fused=bags.image_message(pairs[0][0], "rgb8", orphan),
         labels=bags.image_message(pairs[0][1], "mono8", orphan), confidence=bags.empty_image(orphan),
         rgb_stamp=orphan.stamp, thermal_stamp=orphan.stamp, preprocess_ms=1.0, inference_ms=1.0,

@@ -13,23 +13,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from mafs_ros.class_sets import FMB, MFNET, PST900
+from mafs_ros.io.images import load_pair
+from mafs_ros.io.layouts import MAX_LISTED_PROBLEMS, DatasetError, PairFiles, detect_layout, discover_pairs
 from mafs_ros.train.data import (
-    MAX_LISTED_PROBLEMS,
     ROTATIONS,
-    DatasetError,
     FusionSegDataset,
-    PairFiles,
     apply_masks,
     derive_maps,
-    detect_layout,
-    discover_pairs,
     flip,
     grid_masks,
     joint_augment,
-    scene_augment,
-    load_pair,
     rotate,
     salient_class_ids,
+    scene_augment,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Training losses (spec §3.1-3.4) and task weighting (spec §3.5): known answers on tiny CPU tensors."""
+"""Training losses (fusion, Stage-I reconstruction, segmentation, distillation) and task weighting: known answers on
+tiny CPU tensors."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _window_counts(n: int, window: int = 9) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fusion (§3.1)
+# Fusion (docs/MODEL.md, Losses)
 
 
 def test_sobel_gradient_of_a_ramp() -> None:
@@ -114,7 +115,7 @@ def test_fixed_kernels_built_under_inference_mode_still_train() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Reconstruction (§3.2)
+# Reconstruction (docs/MODEL.md, Losses)
 
 
 def test_reconstruction_loss_zero_for_identical_inputs() -> None:
@@ -142,7 +143,7 @@ def test_stage1_loss_sums_both_reconstructions() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Segmentation (§3.3)
+# Segmentation (docs/MODEL.md, Losses)
 
 
 def _easy_with_hard_pixels(hard: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +252,7 @@ def test_segmentation_loss_masks_unlabelled_samples() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Distillation (§3.4)
+# Distillation (docs/MODEL.md, Losses)
 
 
 @pytest.mark.parametrize("loss_cls", [L.ChannelWiseDistillation, L.PixelWiseDistillation])
@@ -311,7 +312,7 @@ def test_torchscript_teacher(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Task weighting (§3.5)
+# Task weighting (docs/MODEL.md, Losses)
 
 
 def _run_epochs(weighting, epochs: list[dict[str, float]]) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from ros_harness import DOMAIN_ID
+from script_modules import load_script
 
 from mafs_ros.ros.transport import (
     PROFILE_VARIABLES,
@@ -17,10 +15,7 @@ from mafs_ros.ros.transport import (
     user_transport_choice,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("image_delivery", REPO / "scripts" / "image_delivery.py")
-image_delivery = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(image_delivery)
+image_delivery = load_script("image_delivery")
 
 
 def test_640x480_rgb8_at_10_hz_reaches_a_default_subscriber_when_the_publisher_uses_the_profile(monkeypatch):

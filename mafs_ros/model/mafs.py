@@ -14,7 +14,7 @@ Data flow (strides relative to the input, widths from `MafsConfig`):
 
 Every concat or add first resizes the incoming tensor to its partner's size (`resize_to`), which is a
 no-op at sizes divisible by 32 and makes any input size and batch size work (the official code has
-size-specific hacks instead, spec §6 #8).
+size-specific hacks instead: official defect #8, docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class MafsNet(nn.Module):
     """MAFS (official `NetworkStage2`): infrared-visible fusion and semantic segmentation in one network.
 
     forward(vi (B,3,H,W) RGB in [0,1], ir (B,1,H,W) in [0,1]) -> MafsOutput. Only the first infrared
-    channel is used, like the official model. No ImageNet normalisation (spec §1.1). The deep-supervision
+    channel is used, like the official model. No ImageNet normalisation, as in the official code. The deep-supervision
     maps (`aux`, six full-resolution upsamplings) only feed training losses: they are computed in train mode
     or with `with_aux=True`, and skipped otherwise.
     """
@@ -219,10 +219,10 @@ class MafsNet(nn.Module):
 class MafsPretrainer(nn.Module):
     """Stage I masked-autoencoder wrapper: the encoder and fusion trunk reconstruct both sources.
 
-    The official Stage I applies the same head twice (rec_vi == rec_ir, spec §6 #9); by default a second
-    head reconstructs the infrared image from the same trunk features. `shared_head=True` reproduces the
-    official behaviour. The segmentation decoder is not run. The extra head is not part of `MafsNet`, so a
-    Stage I checkpoint initialises Stage II by loading `net`.
+    The official Stage I applies the same head twice (rec_vi == rec_ir, official defect #9, docs/MODEL.md);
+    by default a second head reconstructs the infrared image from the same trunk features. `shared_head=True`
+    reproduces the official behaviour. The segmentation decoder is not run. The extra head is not part of
+    `MafsNet`, so a Stage I checkpoint initialises Stage II by loading `net`.
 
     forward(vi_masked, ir_masked) -> (rec_vi (B,1,H,W), rec_ir (B,1,H,W)), both in [0, 1].
     """

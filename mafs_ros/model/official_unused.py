@@ -1,4 +1,4 @@
-"""Parameters of the official MAFS code's dead branches (spec §6 #10, 1.28 M parameters).
+"""Parameters of the official MAFS code's dead branches (official defect #10, docs/MODEL.md; 1.28 M parameters).
 
 `keep_official_unused=True` registers them, never computes them, so that an official checkpoint loads
 strictly and `MafsNet.state_dict()` maps 1:1 onto the official key list. Names are the official ones.

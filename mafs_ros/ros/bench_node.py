@@ -22,10 +22,12 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from mafs_ros.constants import FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC
 from mafs_ros.engine import FusionResult
 from mafs_ros.msg import FusedSegmentation
 from mafs_ros.ros.conversions import numpy_to_image
-from mafs_ros.ros.node import FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, MafsNode
+from mafs_ros.ros.node import MafsNode
+from mafs_ros.stamps import set_stamp
 
 WARMUP_PAIRS = 5
 
@@ -108,7 +110,7 @@ class _Loop:
         messages = []
         for array, encoding, frame in ((thermal, "mono8", "thermal"), (rgb, "rgb8", "camera")):
             msg = numpy_to_image(array, encoding)
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            set_stamp(msg.header, stamp)
             msg.header.frame_id = frame
             messages.append(msg)
         with self._lock:

@@ -60,11 +60,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..constants import MAX_WAIT_S, QUEUE_SIZE, SLOP_S, THERMAL_OFFSET_S
+
 SKEW_WINDOW = 1000  # recent skew samples kept for the summary in as_dict()
-# Half the frame period of a 10 Hz camera: the wait is paid only when the next RGB frame may be nearer than the
-# nearest one so far, and then that frame normally comes within half a period; the full wait is paid only when
-# it never comes (a lost frame, a triggered or stopped camera).
-DEFAULT_MAX_WAIT_S = 0.05
 RGB_STEPS_FOR_PREDICTION = 4  # RGB stamp steps needed before the next RGB stamp is predicted
 RGB_STEP_WINDOW = 16  # recent RGB stamp steps the prediction uses
 
@@ -155,10 +153,14 @@ class ApproximateTimePairer:
         thermal_offset_s: added to thermal stamps before comparing; finite, either sign.
         reset_on_backwards_s: a backwards stamp step larger than this resets the pairer; > 0 (math.inf: never).
         max_wait_s: longest wait of a thermal frame (given a receive time) for a nearer RGB frame; finite, >= 0.
+            The wait is paid only when the next RGB frame may be nearer than the nearest one so far, and that
+            frame normally comes within half a frame period; the full wait only when it never comes (a lost
+            frame, a triggered or stopped camera).
     """
 
-    def __init__(self, slop_s: float = 0.05, queue_size: int = 10, thermal_offset_s: float = 0.0,
-                 reset_on_backwards_s: float = 1.0, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+    def __init__(self, slop_s: float = SLOP_S, queue_size: int = QUEUE_SIZE,
+                 thermal_offset_s: float = THERMAL_OFFSET_S, reset_on_backwards_s: float = 1.0,
+                 max_wait_s: float = MAX_WAIT_S) -> None:
         if not (math.isfinite(slop_s) and slop_s > 0):
             raise ValueError(f"slop_s must be a finite number > 0, got {slop_s!r}")
         if operator.index(queue_size) < 1:

@@ -13,8 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-
 
 def parse_homography(values: Sequence[float], name: str = "homography") -> np.ndarray | None:
     """The thermal -> RGB pixel homography from 9 row-major numbers, scaled to H[2, 2] = 1, or None for the

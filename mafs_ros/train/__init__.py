@@ -1,1 +1,1 @@
-"""Offline training of MAFS: losses, task weighting and the training loops (spec §3, §4)."""
+"""Offline training of MAFS: the recipe, data, losses, task weighting and the training loops (Stage I and II)."""

@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with exponential warm-up then poly decay (spec §4.1), or AdamW."""
+    """SGD with exponential warm-up then poly decay (the paper's schedule), or AdamW."""
 
     name: str = "sgd"
     lr: float = 1e-3
@@ -69,7 +69,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights and choices; the [design] defaults of spec §3."""
+    """Loss weights and choices; the defaults are ours where the paper leaves them open."""
 
     fusion_grad_weight: float = 10.0
     fusion_int_weight: float = 10.0

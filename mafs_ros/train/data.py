@@ -1,17 +1,7 @@
-"""Training data: dataset folder layouts, label-derived maps, joint augmentation and Stage-I masking.
+"""Training data: label-derived maps, joint augmentation, Stage-I masking and the torch Dataset.
 
-MAFS_SPEC §4.1 (augmentation, masking) and §4.3 (datasets, derived maps).
-
-Folder layouts (`discover_pairs`); folder names match case-insensitively, files are paired by stem:
-
-    msrs    ROOT/{train,test}/{vi, ir, Segmentation_labels | label}/STEM.png
-    mfnet   ROOT/images/STEM.png (4 channels: R, G, B, thermal), ROOT/labels/STEM.png,
-            ROOT/{train,val,test}.txt (the official split lists: one stem per line)
-    fmb     ROOT/{train,test}/{Visible | vi, Infrared | ir, Label | label}/STEM.png
-    pst900  ROOT/{train,test}/{rgb, thermal, labels}/STEM.png
-    pairs   ROOT/{ir, vi}/STEM.* plus optionally ROOT/label/STEM.png (no split; labels may be missing)
-
-The dataset layouts require a label for every pair; `pairs` is for fusion-only (unlabelled) training.
+The dataset folder layouts (`discover_pairs`) and the image readers (`load_pair`) are in `mafs_ros.io`, which
+does not need torch.
 
 Randomness: every item draws from its own numpy Generator seeded with (seed, epoch, index), so a sample depends
 on these three numbers only: not on the number of DataLoader workers, on which worker loads it, on the DDP
@@ -20,10 +10,7 @@ rank, or on whether the run was resumed.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -32,20 +19,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..class_sets import IGNORE_LABEL, ClassSet, get_class_set
-from ..cli import _image_files, read_thermal, read_visible
 from ..imaging import ThermalNormalization
+from ..io.images import load_pair
+# discover_pairs and select_stems are not used here: the trainer takes them, with the dataset, from this module.
+from ..io.layouts import DatasetError, PairFiles, discover_pairs, select_stems  # noqa: F401
 
-LAYOUTS = ("msrs", "mfnet", "fmb", "pst900", "pairs")
-
-# Per split-folder layout: accepted names of the (visible, infrared, label) folders, preferred first. Layout
-# detection uses only the first name, because fmb also accepts msrs's lowercase names.
-_SPLIT_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "msrs": (("vi",), ("ir",), ("Segmentation_labels", "label")),
-    "fmb": (("Visible", "vi"), ("Infrared", "ir"), ("Label", "label")),
-    "pst900": (("rgb",), ("thermal",), ("labels",)),
-}
-
-# Thermally salient classes (spec §4.3 [design]), by name, so that the ids follow each class list:
+# Thermally salient classes (our choice: objects that stand out in a thermal image), by name, so that the ids
+# follow each class list:
 # MFNet/MSRS {person, car, bike}; FMB {person, car, truck, bus, motorcycle, bicycle}; PST900 all 4 objects.
 SALIENT_CLASS_NAMES = frozenset(
     {"person", "car", "bike", "truck", "bus", "motorcycle", "bicycle"}
@@ -62,277 +42,9 @@ AUGMENTATIONS = ("official", "scene", "none")  # FusionSegDataset's `augment`
 SCENE_SCALES = (0.7, 1.4)  # scene_augment's scale range around the deployed scale
 ROTATIONS = (90, 180, 270, 0)  # degrees counter-clockwise, as numpy.rot90
 
-MAX_LISTED_PROBLEMS = 50
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as it is; `problems` lists every problem found (one line each).
-
-    The message shows the first `MAX_LISTED_PROBLEMS` and counts the rest.
-    """
-
-    def __init__(self, context: str, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        lines = [f"{context}: {len(self.problems)} problem(s)"] + [f"  - {p}" for p in shown]
-        if len(self.problems) > len(shown):
-            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class PairFiles:
-    """The files of one sample: `ir` and `vi`, or (MFNet) a single 4-channel RGBT PNG `rgbt`.
-
-    label: the class-id PNG, or None for an unlabelled pair.
-    """
-
-    stem: str
-    ir: Path | None = None
-    vi: Path | None = None
-    label: Path | None = None
-    rgbt: Path | None = None
-
-    def __post_init__(self) -> None:
-        separate = self.ir is not None and self.vi is not None and self.rgbt is None
-        single = self.rgbt is not None and self.ir is None and self.vi is None
-        if not (separate or single):
-            raise ValueError(f"pair {self.stem!r} needs either ir and vi, or rgbt alone")
-
-    @property
-    def has_label(self) -> bool:
-        """Whether the pair has a label file."""
-        return self.label is not None
-
-    @property
-    def image_files(self) -> tuple[Path, ...]:
-        """The image files (not the label), for messages."""
-        return (self.rgbt,) if self.rgbt is not None else (self.vi, self.ir)
-
 
 # ---------------------------------------------------------------------------------------------------------
-# Discovery
-
-
-def discover_pairs(root: str | Path, layout: str = "auto", split: str = "train") -> list[PairFiles]:
-    """All pairs of one split of a dataset folder, sorted by stem (MFNet: in split-list order).
-
-    layout: one of `LAYOUTS`, or "auto" (`detect_layout`). split: a split folder name (msrs, fmb, pst900),
-    the name of a split list ROOT/<split>.txt (mfnet, e.g. "train", "val", "test"), ignored for "pairs".
-    Raises DatasetError listing every missing or unpaired file (or missing folder), ValueError for an unknown
-    layout.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset {root}", [f"no such folder: {root}"])
-    if layout == "auto":
-        layout = detect_layout(root)
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown dataset layout {layout!r}; known: {LAYOUTS} or 'auto'")
-    if layout == "pairs":
-        pairs, problems = _discover_plain(root)
-    elif layout == "mfnet":
-        pairs, problems = _discover_mfnet(root, split)
-    else:
-        pairs, problems = _discover_split_folders(root, layout, split)
-    if not pairs and not problems:
-        problems = ["no image pairs found"]
-    if problems:
-        raise DatasetError(f"{layout} dataset {root} (split {split!r})", problems)
-    return pairs
-
-
-def select_stems(pairs: Sequence[PairFiles], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[PairFiles]:
-    """The pairs whose stem matches one of the fnmatch patterns `include` (all when empty) and none of
-    `exclude`."""
-
-    def matches(stem: str, patterns: Sequence[str]) -> bool:
-        return any(fnmatch.fnmatchcase(stem, pattern) for pattern in patterns)
-
-    return [p for p in pairs if (not include or matches(p.stem, include)) and not matches(p.stem, exclude)]
-
-
-def detect_layout(root: str | Path) -> str:
-    """The layout of a dataset folder (see the module docstring). Raises DatasetError when none matches."""
-    root = Path(root)
-    if _child_dir(root, ("images",)) and _child_dir(root, ("labels",)):
-        return "mfnet"
-    if _child_dir(root, ("ir",)) and _child_dir(root, ("vi",)):
-        return "pairs"
-    for split in ("train", "test", "val"):
-        split_dir = _child_dir(root, (split,))
-        if split_dir is None:
-            continue
-        for layout, (vi_names, ir_names, _) in _SPLIT_FOLDERS.items():
-            if _child_dir(split_dir, vi_names[:1]) and _child_dir(split_dir, ir_names[:1]):
-                return layout
-    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    raise DatasetError(
-        f"cannot detect the layout of {root}",
-        [
-            f"found folders {found}; expected images/ + labels/ (mfnet), ir/ + vi/ (pairs), or a train/test "
-            "folder holding vi/ + ir/ (msrs), Visible/ + Infrared/ (fmb) or rgb/ + thermal/ (pst900)"
-        ],
-    )
-
-
-def _child_dir(parent: Path, names: Sequence[str]) -> Path | None:
-    """The sub-folder of `parent` named like the first of `names` that exists (case-insensitive)."""
-    if not parent.is_dir():
-        return None
-    by_lower = {p.name.lower(): p for p in sorted(parent.iterdir()) if p.is_dir()}
-    for name in names:
-        if name.lower() in by_lower:
-            return by_lower[name.lower()]
-    return None
-
-
-def _match_folders(
-    vi_dir: Path, ir_dir: Path, label_dir: Path | None, labels_required: bool
-) -> tuple[list[PairFiles], list[str]]:
-    """Pair the image files of three folders by stem; a problem line for each file without its partners."""
-    vi_files, problems = _image_files(vi_dir)
-    ir_files, ir_problems = _image_files(ir_dir)
-    problems += ir_problems
-    label_files: dict[str, Path] = {}
-    if label_dir is not None:
-        label_files, label_problems = _image_files(label_dir)
-        problems += label_problems
-    problems += [f"{vi_files[s]}: no infrared image {s}.* in {ir_dir}" for s in sorted(vi_files.keys() - ir_files)]
-    problems += [f"{ir_files[s]}: no visible image {s}.* in {vi_dir}" for s in sorted(ir_files.keys() - vi_files)]
-    images = vi_files.keys() | ir_files.keys()
-    problems += [f"{label_files[s]}: label without images" for s in sorted(label_files.keys() - images)]
-    stems = sorted(vi_files.keys() & ir_files.keys())
-    if labels_required:
-        problems += [f"{vi_files[s]}: no label {s}.* in {label_dir}" for s in stems if s not in label_files]
-    pairs = [PairFiles(s, ir=ir_files[s], vi=vi_files[s], label=label_files.get(s)) for s in stems]
-    return pairs, problems
-
-
-def _discover_plain(root: Path) -> tuple[list[PairFiles], list[str]]:
-    """The `pairs` layout: ir/ and vi/ (required), label/ (optional, may cover only some pairs)."""
-    vi_dir, ir_dir = _child_dir(root, ("vi",)), _child_dir(root, ("ir",))
-    missing = [f"no {name}/ folder in {root}" for name, d in (("vi", vi_dir), ("ir", ir_dir)) if d is None]
-    if missing:
-        return [], missing
-    return _match_folders(vi_dir, ir_dir, _child_dir(root, ("label",)), labels_required=False)
-
-
-def _discover_split_folders(root: Path, layout: str, split: str) -> tuple[list[PairFiles], list[str]]:
-    """msrs, fmb and pst900: ROOT/<split>/{visible, infrared, label folders}."""
-    split_dir = _child_dir(root, (split,))
-    if split_dir is None:
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        return [], [f"no split folder {split!r} in {root} (found {found})"]
-    names = _SPLIT_FOLDERS[layout]
-    dirs = [_child_dir(split_dir, n) for n in names]
-    missing = [f"no {' or '.join(n)} folder in {split_dir}" for n, d in zip(names, dirs) if d is None]
-    if missing:
-        return [], missing
-    return _match_folders(dirs[0], dirs[1], dirs[2], labels_required=True)
-
-
-def _discover_mfnet(root: Path, split: str) -> tuple[list[PairFiles], list[str]]:
-    """mfnet: the stems of ROOT/<split>.txt, each with images/<stem>.png (RGBT) and labels/<stem>.png."""
-    images, labels = _child_dir(root, ("images",)), _child_dir(root, ("labels",))
-    list_file = root / f"{split}.txt"
-    folders = (("images", images), ("labels", labels))
-    problems = [f"no {name}/ folder in {root}" for name, d in folders if d is None]
-    if not list_file.is_file():
-        problems.append(f"no split list {list_file}")
-    if problems:
-        return [], problems
-    pairs: list[PairFiles] = []
-    seen: set[str] = set()
-    for line_no, stem in _read_split_list(list_file):
-        if stem in seen:
-            problems.append(f"{list_file}:{line_no}: {stem} is listed twice")
-            continue
-        seen.add(stem)
-        rgbt, label = images / f"{stem}.png", labels / f"{stem}.png"
-        missing = [str(p) for p in (rgbt, label) if not p.is_file()]
-        if missing:
-            problems.append(f"{list_file}:{line_no}: {stem}: missing {' and '.join(missing)}")
-        else:
-            pairs.append(PairFiles(stem, rgbt=rgbt, label=label))
-    return pairs, problems
-
-
-def _read_split_list(path: Path) -> list[tuple[int, str]]:
-    """(line number, stem) of a split list; blank lines and '#' comments skipped, a '.png' suffix dropped."""
-    entries = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            entries.append((line_no, entry[:-4] if entry.lower().endswith(".png") else entry))
-    return entries
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def read_rgbt(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An MFNet 4-channel PNG (channels R, G, B, thermal) as ((H, W, 3) uint8 RGB, (H, W) thermal).
-
-    The thermal keeps its depth (uint8 or uint16); 16-bit colour is reduced to 8 bits as `read_visible` does.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image file {path}")
-    if image.ndim != 3 or image.shape[2] != 4:
-        raise ValueError(f"{path}: expected a 4-channel RGBT image, got shape {image.shape}")
-    rgb = image[:, :, 2::-1]  # OpenCV stores B, G, R, A: file channels 2, 1, 0 are R, G, B
-    if rgb.dtype == np.uint16:
-        rgb = (rgb >> 8).astype(np.uint8)
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(image[:, :, 3])
-
-
-def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """A class-id label file as (H, W) int64; ids must be < num_classes or IGNORE_LABEL (255).
-
-    A 3-channel file is accepted only if its channels are equal (a grey image saved as colour); a colour-coded
-    label is refused rather than misread.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read label file {path}")
-    if image.ndim == 3:
-        if not all(np.array_equal(image[:, :, 0], image[:, :, c]) for c in range(1, image.shape[2])):
-            raise ValueError(f"{path}: a colour label; expected single-channel class ids")
-        image = image[:, :, 0]
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{path}: label dtype must be uint8 or uint16, got {image.dtype}")
-    bad = (image >= num_classes) & (image != IGNORE_LABEL)
-    if bad.any():
-        values = sorted(np.unique(image[bad]).tolist())[:10]
-        raise ValueError(f"{path}: class ids {values} outside 0..{num_classes - 1} (and not {IGNORE_LABEL})")
-    return image.astype(np.int64)
-
-
-def load_pair(
-    pair: PairFiles, num_classes: int = IGNORE_LABEL
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The raw images and label of a pair, checked to share one size.
-
-    Returns rgb (H, W, 3) uint8, thermal (H, W) in its file's depth (uint8, uint16 or float; not normalised),
-    and label (H, W) int64 (`read_label`, ids < num_classes or 255; the default bounds nothing) or None.
-    Raises ValueError for an unreadable file or differing sizes.
-    """
-    if pair.rgbt is not None:
-        rgb, thermal = read_rgbt(pair.rgbt)
-    else:
-        rgb, thermal = read_visible(pair.vi), read_thermal(pair.ir)
-    if thermal.shape != rgb.shape[:2]:
-        raise ValueError(f"infrared {thermal.shape} and visible {rgb.shape[:2]} images differ in size")
-    label = None if pair.label is None else read_label(pair.label, num_classes)
-    if label is not None and label.shape != rgb.shape[:2]:
-        raise ValueError(f"label {label.shape} and images {rgb.shape[:2]} differ in size")
-    return rgb, thermal, label
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Maps derived from the label (spec §4.3 [design])
+# Maps derived from the label: the targets of the binary, boundary and salient-object losses
 
 
 def salient_class_ids(class_set: ClassSet) -> tuple[int, ...]:
@@ -376,7 +88,7 @@ def _filter3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage-I masking (spec §4.1)
+# Stage-I masking (the official complementary grid masks)
 
 
 def grid_masks(
@@ -412,7 +124,7 @@ def grid_masks(
 def apply_masks(
     vi: np.ndarray, ir: np.ndarray, m1: np.ndarray, m2: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """vi_masked = vi m1 + U(0,1) (1 - m1), ir_masked = ir m2 + U(0,1) (1 - m2) (spec §4.1 step 6).
+    """vi_masked = vi m1 + U(0,1) (1 - m1), ir_masked = ir m2 + U(0,1) (1 - m2), the official Stage-I inputs.
 
     vi: (3, H, W) and ir: (1, H, W) float32; m1, m2: (H, W), one mask for all channels of an image.
     The noise is drawn from `rng` (visible first), independently per channel. Returns float32 arrays shaped
@@ -428,7 +140,7 @@ def _as_hw(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Joint augmentation (spec §4.1: flip, rotate, then random crop; the same for every map)
+# Joint augmentation (the official recipe: flip, rotate, then random crop; the same for every map)
 #
 # On numpy arrays, because there flips, transposes and crops are views: only the final crop is copied, where
 # torch would copy every full-size map at every step.
@@ -462,7 +174,7 @@ def rotate(x: np.ndarray, degrees: int) -> np.ndarray:
 def joint_augment(
     maps: dict[str, np.ndarray], rng: np.random.Generator, *, crop_size: int | None, flip_rotate: bool = True
 ) -> dict[str, np.ndarray]:
-    """The same random flip, rotation and crop for every map (spec §4.1 steps 2-4, in the official order).
+    """The same random flip, rotation and crop for every map (in the official order).
 
     maps: arrays (..., H, W) sharing H and W (any dtype, any leading axes).
     rng draws, in order: the flip index into FLIPS and the rotation index into ROTATIONS (only if flip_rotate),
@@ -579,7 +291,7 @@ class FusionSegDataset(Dataset):
         m1, m2    (H, W) float32 keep-masks of vi and ir (`grid_masks`)
         vi_masked (3, H, W), ir_masked (1, H, W) float32 (`apply_masks`)
 
-    crop_size: random square crop (spec: 256); None keeps the whole image. An image smaller than the crop is
+    crop_size: random square crop (the paper's: 256); None keeps the whole image. An image smaller than the crop is
         an error naming its files, or with `upscale_small` scaled up to fit it (`upscale_to_fit`).
     augment: "official": random flip and rotation (`joint_augment`, the paper's recipe); with crop_size None,
         a 90/270 rotation transposes the image, so non-square images then give items of two shapes (use batch

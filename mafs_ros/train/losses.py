@@ -1,8 +1,8 @@
-"""Training losses of MAFS (spec §3): fusion, Stage-I reconstruction, segmentation and distillation.
+"""Training losses of MAFS (docs/MODEL.md, Losses): fusion, Stage-I reconstruction, segmentation and distillation.
 
 The official repository ships only loss building blocks (`losses.py`, plus PSFusion's `Fusion_losses.py`);
-this module re-implements them device-agnostically (no `.cuda()`, spec §6 #4) and without kornia (§6 #3):
-every fixed kernel is built on the input's device and dtype.
+this module re-implements them device-agnostically (no `.cuda()`) and without kornia (official defects #4
+and #3, docs/MODEL.md): every fixed kernel is built on the input's device and dtype.
 
 Conventions: images are (B, C, H, W) float; the fusion and reconstruction targets are single-channel
 luminance maps (B, 1, H, W) in [0, 1]; labels are (B, H, W) int64 class ids with 255 = ignore.
@@ -92,7 +92,7 @@ def _per_channel_conv(x: torch.Tensor, kernels: torch.Tensor, padding: int) -> t
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fusion loss (spec §3.1)
+# Fusion loss
 
 
 def sobel_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +105,7 @@ def sobel_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gradient_loss(ir: torch.Tensor, vi_y: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-    """L_grad = ‖max(|S_x Y_vi|, |S_x IR|) − |S_x F|‖₁ + the same for S_y (spec §3.1), ‖·‖₁ = mean |·|.
+    """L_grad = ‖max(|S_x Y_vi|, |S_x IR|) − |S_x F|‖₁ + the same for S_y, ‖·‖₁ = mean |·|.
 
     ir, vi_y, fused: (B, 1, H, W). Returns a scalar.
     """
@@ -143,7 +143,7 @@ def local_variance_intensity_loss(
     window: int = 9,
     sigma: float = 1.5,
 ) -> torch.Tensor:
-    """L_int = PSFusion `final_mse1` (spec §3.1).
+    """L_int = PSFusion `final_mse1` (the official `Fusion_loss` intensity term).
 
     Per pixel, the 9×9 local MSE of F against IR where σ²_IR > σ²_VI (9×9 Gaussian, σ = 1.5) or where the
     salient-target mask is positive, against Y_vi elsewhere; averaged over all pixels.
@@ -162,7 +162,7 @@ def local_variance_intensity_loss(
 def max_intensity_loss(
     ir: torch.Tensor, vi_y: torch.Tensor, fused: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """L_int of the official alternative `Fusionloss` (spec §3.1), without its factor 5:
+    """L_int of the official alternative `Fusionloss`, without its factor 5:
     ‖max(IR, Y_vi)·(1−m) − F·(1−m)‖₁ + ‖IR·m − F·m‖₁, ‖·‖₁ = mean |·|.
 
     ir, vi_y, fused: (B, 1, H, W); mask: (B, 1, H, W) binary salient map or None (no salient pixels).
@@ -178,7 +178,7 @@ _INTENSITY_LOSSES = {"local_variance": local_variance_intensity_loss, "max": max
 
 
 class FusionLoss(nn.Module):
-    """L_fus = w_grad·L_grad + w_int·L_int (spec §3.1).
+    """L_fus = w_grad·L_grad + w_int·L_int (docs/MODEL.md, Losses).
 
     intensity="local_variance" is the official `Fusion_loss` (weights [1, 10, 10]: w_grad = w_int = 10);
     intensity="max" takes L_int from the official alternative `Fusionloss` (there: w_grad = 1, w_int = 5).
@@ -204,7 +204,7 @@ class FusionLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage-I reconstruction (spec §3.2)
+# Stage-I reconstruction
 
 
 def _second_order_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +224,7 @@ def reconstruction_loss(
     w_int: float = 5.0,
     w_grad: float = 5.0,
 ) -> torch.Tensor:
-    """Official `Re_loss`: 5·‖R − T‖₁ + 5·‖|∇²R| − |∇²T|‖₁ (spec §3.2), ‖·‖₁ = mean |·|.
+    """Official `Re_loss`: 5·‖R − T‖₁ + 5·‖|∇²R| − |∇²T|‖₁, ‖·‖₁ = mean |·|.
 
     rec, target: (B, C, H, W); mask: (B, 1, H, W) or None, multiplying both terms as in the official code
     (the mean still runs over all pixels). Returns a scalar.
@@ -238,7 +238,8 @@ def reconstruction_loss(
 
 
 def stage1_loss(rec_vi: torch.Tensor, rec_ir: torch.Tensor, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-    """L_rec = Re(R_vi, Y_vi) + Re(R_ir, IR) against the unmasked sources (spec §3.2 [design]).
+    """L_rec = Re(R_vi, Y_vi) + Re(R_ir, IR) against the unmasked sources ([design]; the
+    official Stage I reconstructs both from one head, official defect #9, docs/MODEL.md).
 
     All inputs (B, 1, H, W). Returns a scalar.
     """
@@ -246,7 +247,7 @@ def stage1_loss(rec_vi: torch.Tensor, rec_ir: torch.Tensor, vi_y: torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Segmentation (spec §3.3)
+# Segmentation
 
 
 def _index_map(t: torch.Tensor) -> torch.Tensor:
@@ -264,7 +265,7 @@ def _masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_ind
 
 
 class OhemCrossEntropy(nn.Module):
-    """Online hard example mining cross-entropy (official `OhemCELoss`, spec §3.3).
+    """Online hard example mining cross-entropy (official `OhemCELoss`).
 
     Keeps the pixels whose CE exceeds −ln(score_thresh), but at least the n_min hardest ones, with
     n_min = max(1, ⌊min_kept_fraction · #valid pixels⌋); returns the mean over the kept pixels.
@@ -316,7 +317,7 @@ def _one_hot_bce(
 
 
 class SegmentationLoss(nn.Module):
-    """L_seg of spec §3.3 [design], times `scale` (PSFusion's 10):
+    """L_seg, our [design] combination (docs/MODEL.md, Losses), times `scale` (PSFusion's 10):
 
         L_seg = scale · [ L_ohem(semantic) + aux_weight · Σ_{i∈{2,4,6}} CE(out_i, label)
                           + aux_weight · (BCE(out1, bi) + BCE(out3, bi) + BCE(out5, bd)) ]
@@ -387,7 +388,7 @@ class SegmentationLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Knowledge distillation (spec §3.4)
+# Knowledge distillation
 
 
 def _check_logit_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -399,7 +400,7 @@ def _check_logit_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 
 class ChannelWiseDistillation(nn.Module):
-    """Channel-wise distillation (official `CriterionCWD`, norm 'channel', KL; spec §3.4 default).
+    """Channel-wise distillation (official `CriterionCWD`, norm 'channel', KL; the default).
 
     Per channel, softmax over the H·W positions at temperature tau; KL(teacher ‖ student) summed over
     everything, divided by N·C, times tau². The teacher is detached. Log-probabilities come from
@@ -422,7 +423,7 @@ class ChannelWiseDistillation(nn.Module):
 
 
 class PixelWiseDistillation(nn.Module):
-    """Pixel-wise distillation (official `CriterionKD`, spec §3.4).
+    """Pixel-wise distillation (official `CriterionKD`).
 
     KL(softmax(z_T/tau) ‖ softmax(z_S/tau)) over the classes of each pixel, averaged over the N·H·W pixels
     ('batchmean' of the flattened maps), times tau². The teacher is detached.
@@ -445,7 +446,7 @@ class PixelWiseDistillation(nn.Module):
 
 @runtime_checkable
 class Teacher(Protocol):
-    """A frozen segmentation teacher run on the fused colour image (spec §3.4).
+    """A frozen segmentation teacher run on the fused colour image (the paper's: SegNeXt).
 
     __call__(fused_rgb (B, 3, H, W) in [0, 1]) -> logits (B, C, H, W) over the student's class set.
     """
@@ -515,7 +516,7 @@ def build_teacher(
             raise FileNotFoundError(f"teacher TorchScript file not found: {path}")
         return TorchScriptTeacher(torch.jit.load(str(path), map_location=map_location), num_classes)
     raise NotImplementedError(
-        f"teacher {spec!r} is not available: the SegNeXt teacher (spec §3.4) needs mmseg/mmcv, which this "
+        f"teacher {spec!r} is not available: the SegNeXt teacher (docs/MODEL.md, Losses) needs mmseg/mmcv, which this "
         "package does not depend on. Export the trained teacher (RGB in [0, 1] -> (B, C, H, W) logits, "
         f"normalisation included) with torch.jit.trace/script and pass '{TORCHSCRIPT_PREFIX}PATH', or 'none' "
         "to train without distillation."

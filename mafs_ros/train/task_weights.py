@@ -1,7 +1,8 @@
-"""Task weighting of the Stage-II total loss L = w_fus·L_fus + w_seg·(L_seg + λ_kd·L_kd) (spec §3.5).
+"""Task weighting of the Stage-II total loss L = w_fus·L_fus + w_seg·(L_seg + λ_kd·L_kd)
+(docs/MODEL.md, Losses).
 
-The paper's "max-min fairness allocation principle" formula is not available; `MaxMinFairness` is the
-spec's [design] reconstruction and sits behind the `TaskWeighting` interface so that it can be replaced
+The paper's "max-min fairness allocation principle" formula is not available; `MaxMinFairness` is our
+[design] reconstruction and sits behind the `TaskWeighting` interface so that it can be replaced
 once the paper is read. `DynamicWeightAverage` (MTAN's DWA, the code base MAFS's utilities come from) and
 `FixedWeights` are the ablation baselines.
 
@@ -52,7 +53,7 @@ class TaskWeighting(ABC):
 
 
 class FixedWeights(TaskWeighting):
-    """Constant weights (spec §3.5 ablation; (1, 1) by default, i.e. PSFusion's plain sum)."""
+    """Constant weights (an ablation baseline; (1, 1) by default, i.e. PSFusion's plain sum)."""
 
     name = "fixed"
 
@@ -77,7 +78,7 @@ class FixedWeights(TaskWeighting):
 class _RateWeighting(TaskWeighting):
     """Weights from the descent rates r_k(e) = L̄_k(e−1) / L̄_k(e−2) of the two previous epochs.
 
-    Until two epochs have been recorded every weight is 1 (r_k = 1 for e ≤ 2 in spec §3.5 and MTAN).
+    Until two epochs have been recorded every weight is 1 (r_k = 1 for e ≤ 2, as in MTAN).
     """
 
     def __init__(self, tasks: Sequence[str] = DEFAULT_TASKS) -> None:
@@ -148,7 +149,7 @@ class DynamicWeightAverage(_RateWeighting):
 
 
 class MaxMinFairness(_RateWeighting):
-    """Max-min fairness task weighting, spec §3.5 [design]:
+    """Max-min fairness task weighting, our [design] reconstruction (docs/MODEL.md, Losses):
 
         r̂_k = (r_k − min_j r_j) / (max_j r_j − min_j r_j + eps)
         w_k = K·exp(r̂_k/τ) / Σ_j exp(r̂_j/τ),  K = number of tasks, τ = 2

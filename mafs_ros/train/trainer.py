@@ -78,7 +78,8 @@ def setup_distributed() -> Distributed:
 
 
 def learning_rate(iteration: int, max_iter: int, optim: OptimConfig) -> float:
-    """Exponential warm-up from warmup_start_lr to lr, then poly decay to 0 (spec §4.1).
+    """Exponential warm-up from warmup_start_lr to lr, then poly decay to 0 (the official
+    schedule, docs/MODEL.md, Training recipe).
 
     The warm-up is capped at a tenth of the run, so short runs (the shipped lite recipe, tests) still decay.
     """

@@ -1,24 +1,31 @@
-"""Runs an ONNX file written by `mafs export --onnx` with onnxruntime, in place of MafsNet in MafsEngine.
+"""The onnxruntime backend: runs an ONNX file written by `mafs export --onnx` in place of MafsNet.
 
 MafsEngine uses it when its checkpoint is a path ending in .onnx; everything the engine needs besides the
-graph (config, class names, palette, input conventions, trained flag) comes from the file's metadata (see
-export.py). onnxruntime is an optional dependency: pip install 'mafs_ros[onnx]'.
+graph (config, class names, palette, input conventions, trained flag) comes from the file's metadata (the
+format is described in export.py; its names and version are in mafs_ros.constants). onnxruntime is an optional
+dependency: pip install 'mafs_ros[onnx]'.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 # The checkpoint's own validation: the export stores the same metadata fields as a checkpoint.
-from .checkpoint import CheckpointError, parse_metadata
-from .export import INPUT_NAMES, ONNX_FORMAT_VERSION, OUTPUT_NAMES
-from .model import MafsOutput
-
-METADATA_FIELDS = ("model_config", "class_names", "palette", "input_conventions", "trained", "description")
+from ..checkpoint import CheckpointError, parse_metadata
+from ..constants import (
+    ONNX_FORMAT_VERSION,
+    ONNX_INPUT_NAMES,
+    ONNX_METADATA_FIELDS,
+    ONNX_OUTPUT_NAMES,
+    ONNX_VERSION_FIELD,
+)
+from ..model import MafsOutput
+from .base import LoadedNet
 
 
 class OnnxRuntimeNet:
@@ -70,21 +77,21 @@ class OnnxRuntimeNet:
 
     def _read_metadata(self) -> dict:
         raw = self._session.get_modelmeta().custom_metadata_map
-        if "mafs_ros_onnx_version" not in raw:
+        if ONNX_VERSION_FIELD not in raw:
             raise CheckpointError(
                 f"{self.path} is an ONNX model but not one exported by `mafs export --onnx` (no "
-                "'mafs_ros_onnx_version' metadata); export the checkpoint with `mafs export --onnx`"
+                f"{ONNX_VERSION_FIELD!r} metadata); export the checkpoint with `mafs export --onnx`"
             )
-        if raw["mafs_ros_onnx_version"] != json.dumps(ONNX_FORMAT_VERSION):
+        if raw[ONNX_VERSION_FIELD] != json.dumps(ONNX_FORMAT_VERSION):
             raise CheckpointError(
-                f"{self.path}: unsupported mafs_ros ONNX version {raw['mafs_ros_onnx_version']}; this "
+                f"{self.path}: unsupported mafs_ros ONNX version {raw[ONNX_VERSION_FIELD]}; this "
                 f"mafs_ros reads version {ONNX_FORMAT_VERSION}"
             )
-        missing = [key for key in METADATA_FIELDS if key not in raw]
+        missing = [key for key in ONNX_METADATA_FIELDS if key not in raw]
         if missing:
             raise CheckpointError(f"{self.path}: missing metadata field(s) {missing}")
         try:
-            return {key: json.loads(raw[key]) for key in METADATA_FIELDS}
+            return {key: json.loads(raw[key]) for key in ONNX_METADATA_FIELDS}
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{self.path}: metadata is not valid JSON: {exc}") from exc
 
@@ -93,10 +100,10 @@ class OnnxRuntimeNet:
         dynamic ones."""
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         names = (tuple(i.name for i in inputs), tuple(o.name for o in outputs))
-        if names != (INPUT_NAMES, OUTPUT_NAMES):
+        if names != (ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES):
             raise CheckpointError(
                 f"{self.path}: inputs {list(names[0])} and outputs {list(names[1])}, expected inputs "
-                f"{list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}"
+                f"{list(ONNX_INPUT_NAMES)} and outputs {list(ONNX_OUTPUT_NAMES)}"
             )
         channels = {"visible": 3, "thermal": 1, "fused": 1, "semantic": self.config.num_classes}
         for arg in (*inputs, *outputs):
@@ -123,10 +130,10 @@ class OnnxRuntimeNet:
             raise ValueError(f"the ONNX model takes float32 inputs, got {vi.dtype} and {ir.dtype}")
         feeds = {"visible": _to_numpy(vi), "thermal": _to_numpy(ir[:, :1])}
         if self._batch is None or self._batch == vi.shape[0]:
-            fused, semantic = self._session.run(list(OUTPUT_NAMES), feeds)
+            fused, semantic = self._session.run(list(ONNX_OUTPUT_NAMES), feeds)
         elif self._batch == 1:  # a fixed-batch export: one run per pair
             runs = [
-                self._session.run(list(OUTPUT_NAMES), {name: array[i : i + 1] for name, array in feeds.items()})
+                self._session.run(list(ONNX_OUTPUT_NAMES), {name: array[i : i + 1] for name, array in feeds.items()})
                 for i in range(vi.shape[0])
             ]
             fused, semantic = (np.concatenate(arrays) for arrays in zip(*runs))
@@ -134,6 +141,30 @@ class OnnxRuntimeNet:
             raise ValueError(f"{self.path.name} was exported for batch {self._batch}, got {vi.shape[0]}")
         return MafsOutput(
             semantic=torch.from_numpy(semantic).to(self._device), aux=(), fused=torch.from_numpy(fused).to(self._device)
+        )
+
+
+class OnnxRuntimeBackend:
+    """`source`: the path of an .onnx file. fp32 only (onnxruntime runs the exported fp32 graph); the graph is
+    already folded at export, so neither `optimize` nor `compile_mode` applies."""
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    def load(
+        self, source: Any, device: torch.device, *, precision: str, optimize: bool | None, compile_mode: str
+    ) -> LoadedNet:
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
+                             "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (see the README)")
+        if optimize:
+            raise ValueError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
+        if compile_mode != "none":
+            raise ValueError("compile_mode does not apply to an ONNX model")
+        net = OnnxRuntimeNet(source, device)
+        return LoadedNet(
+            net=net, backend=self.name, config=net.config, class_names=net.class_names, palette=net.palette,
+            inputs=net.inputs, trained=net.trained, path=net.path, optimized=False,
         )
 
 

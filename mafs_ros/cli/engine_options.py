@@ -1,0 +1,55 @@
+"""The engine options shared by every sub-command that runs the network, and the engine they describe."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..constants import PRECISION_NAMES, SIZE_POLICIES
+
+if TYPE_CHECKING:
+    from ..engine import MafsEngine
+
+logger = logging.getLogger(__package__)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --device, --precision, --thermal-norm, --size-policy (see MafsEngine)."""
+    group = parser.add_argument_group("model and device")
+    group.add_argument("--checkpoint", type=Path, default=None,
+                       help="mafs_ros checkpoint (.safetensors); default: the packaged one")
+    group.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    group.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES),
+                       help="autocast: fp16 needs CUDA, bf16 runs on CUDA or CPU (default: fp32)")
+    group.add_argument("--thermal-norm", default=None, metavar="SPEC",
+                       help="override the checkpoint's thermal normalisation: fixed, fixed:LO,HI, minmax, "
+                            "percentile or percentile:P_LO,P_HI")
+    group.add_argument("--size-policy", default="resize", choices=list(SIZE_POLICIES),
+                       help="resize to a multiple of 32 (official protocol, default) or reflect-pad")
+
+
+def engine_from_args(args: argparse.Namespace) -> "MafsEngine":
+    """A MafsEngine from the options of `add_engine_arguments` (raises its construction errors)."""
+    from ..engine import MafsEngine
+
+    return MafsEngine(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        thermal_normalization=args.thermal_norm,
+        size_policy=args.size_policy,
+    )
+
+
+def engine_or_exit_code(args: argparse.Namespace) -> "MafsEngine | int":
+    """`engine_from_args`, or exit code 2 after logging why the model cannot be set up (a bad checkpoint,
+    device, precision or thermal normalisation). Tests replace `engine_from_args` of this module by a stand-in."""
+    from ..checkpoint import CheckpointError
+
+    try:
+        return engine_from_args(args)
+    except (CheckpointError, ValueError, RuntimeError) as exc:
+        logger.error("cannot set up the model: %s", exc)
+        return 2
