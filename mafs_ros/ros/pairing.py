@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..constants import MAX_WAIT_S, QUEUE_SIZE, SLOP_S, THERMAL_OFFSET_S
+from ..stats import percentile
 
 SKEW_WINDOW = 1000  # recent skew samples kept for the summary in as_dict()
 RGB_STEPS_FOR_PREDICTION = 4  # RGB stamp steps needed before the next RGB stamp is predicted
@@ -118,8 +119,8 @@ class PairingStats:
         if skews_ms:
             out["skew_ms_signed_mean"] = sum(self.skew_ns) / len(self.skew_ns) / 1e6
             out["skew_ms_mean"] = sum(skews_ms) / len(skews_ms)
-            out["skew_ms_p50"] = _percentile(skews_ms, 0.50)
-            out["skew_ms_p95"] = _percentile(skews_ms, 0.95)
+            out["skew_ms_p50"] = percentile(skews_ms, 50)
+            out["skew_ms_p95"] = percentile(skews_ms, 95)
             out["skew_ms_max"] = skews_ms[-1]
         return out
 
@@ -130,15 +131,9 @@ def _max_wait_ns(max_wait_s: float) -> int:
     return round(max_wait_s * 1e9)
 
 
-def _percentile(ordered: list[float], q: float) -> float:
-    # Linear interpolation between closest ranks, like numpy.percentile's default.
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+class _Queued(NamedTuple):
+    """A frame waiting in its stream's queue for a partner."""
 
-
-class _Frame(NamedTuple):
     stamp_ns: int  # thermal: offset already applied
     item: Any
     received_ns: int | None = None  # the caller's clock when the frame arrived; None: no max_wait_s deadline
@@ -179,7 +174,7 @@ class ApproximateTimePairer:
         self._reset_ns = reset_on_backwards_s * 1e9  # float: may be inf
         self._lock = threading.Lock()
         self._stats = PairingStats()
-        self._queues: tuple[deque[_Frame], deque[_Frame]] = (deque(), deque())
+        self._queues: tuple[deque[_Queued], deque[_Queued]] = (deque(), deque())
         self._last: list[int | None] = [None, None]  # newest accepted stamp per stream (thermal: with offset)
         # Set for a stream when the other one reset while this one was on the old timeline.
         self._awaiting_new_timeline = [False, False]
@@ -316,7 +311,7 @@ class ApproximateTimePairer:
             if not self._admit(stream, stamp_ns):
                 self._count("unmatched", stream)
                 return pairs
-            self._queues[stream].append(_Frame(stamp_ns, item, self._now_ns if received_ns is not None else None))
+            self._queues[stream].append(_Queued(stamp_ns, item, self._now_ns if received_ns is not None else None))
             if stream == _RGB and self._last[_RGB] is not None:
                 self._rgb_steps.append(stamp_ns - self._last[_RGB])
             self._last[stream] = stamp_ns
