@@ -2,10 +2,11 @@
 check that memory and latency did not grow and that every input frame was fused or counted.
 
     .venv/bin/python scripts/soak.py [--duration-s 600] [--infer-ms 40] [--height 96 --width 128]
-                                     [--rgb-hz 30 --thermal-hz 9]
+                                     [--rgb-hz 30 --thermal-hz 9] [--thermal-lag-ms 0]
 
-At equal rates (e.g. 10 and 10) the stamps of a pair are nearly equal, the case where a pairer that waits for
-the next frame adds a whole frame period to the latency.
+At equal rates with the thermal frame a little after its RGB partner (e.g. --rgb-hz 10 --thermal-hz 10
+--thermal-lag-ms 10), a pairer that waits for the next RGB frame before pairing adds a whole frame period to
+the latency.
 
 test_reliability.py runs the same soak for 60 s in CI (`run_soak`), and takes the node's frame accounting
 (`accounting`, `balanced`) and `rss_mib` from here. The node runs with a stand-in engine that sleeps --infer-ms
@@ -161,13 +162,16 @@ class _SoakLoop:
 
 
 def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] = (96, 128), warmup_s: float = 10.0,
-             window_s: float = 10.0, seed: int = 0, rgb_hz: float = 30.0, thermal_hz: float = 9.0) -> SoakResult:
+             window_s: float = 10.0, seed: int = 0, rgb_hz: float = 30.0, thermal_hz: float = 9.0,
+             thermal_lag_s: float = 0.0) -> SoakResult:
     """A node with a StandInEngine (`infer_s` per pair) fed `rgb_hz` RGB and `thermal_hz` thermal (best effort,
-    like cameras) for `duration_s`; both streams start together, so equal rates give pairs of near-equal stamps.
+    like cameras) for `duration_s`; the thermal stream starts `thermal_lag_s` after the RGB one, so equal rates
+    give pairs whose thermal frame comes that much after its RGB frame.
 
-    Publish times jitter by +-3 ms around the frame period and each stamp lies 0-5 ms before its publish
-    (capture to publish), on the wall clock, so the node's end-to-end latency is real. After the run the node
-    is given time to go idle, then its counters are read.
+    Publish times jitter by +-3 ms around each frame's slot (camera clocks do not drift, so the streams keep
+    their phase) and each stamp lies 0-5 ms before its publish (capture to publish), on the wall clock, so the
+    node's end-to-end latency is real. After the run the node is given time to go idle, then its counters are
+    read.
     """
     if duration_s < warmup_s + window_s:
         raise ValueError(f"duration_s must be at least warmup_s + window_s = {warmup_s + window_s}")
@@ -195,7 +199,8 @@ def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] 
                   THERMAL_TOPIC: numpy_to_image(rng.integers(0, 256, (height, width), np.uint8), "mono8")}
         images[RGB_TOPIC].header.frame_id, images[THERMAL_TOPIC].header.frame_id = "rgb", "thermal"
         periods = {RGB_TOPIC: 1 / rgb_hz, THERMAL_TOPIC: 1 / thermal_hz}
-        due = {RGB_TOPIC: 0.0, THERMAL_TOPIC: 0.0}
+        offsets = {RGB_TOPIC: 0.0, THERMAL_TOPIC: thermal_lag_s}
+        due = dict(offsets)
         sent = {RGB_TOPIC: 0, THERMAL_TOPIC: 0}
         start = time.monotonic()
         rss_start = None
@@ -210,7 +215,7 @@ def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] 
             set_stamp(msg.header, time.time_ns() - int(rng.uniform(0, 5e6)))
             publishers[topic].publish(msg)  # serialised here: the message may be reused
             sent[topic] += 1
-            due[topic] += periods[topic] + rng.uniform(-0.003, 0.003)
+            due[topic] = offsets[topic] + sent[topic] * periods[topic] + rng.uniform(-0.003, 0.003)
         rss_end = rss_mib()
         loop.wait_for(lambda: balanced(loop.node.counters()), timeout_s=10.0)
         time.sleep(0.5)  # results still on their way to the camera node
@@ -240,9 +245,10 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--rgb-hz", type=float, default=30.0)
     parser.add_argument("--thermal-hz", type=float, default=9.0)
+    parser.add_argument("--thermal-lag-ms", type=float, default=0.0, help="thermal stream's start after the RGB one")
     args = parser.parse_args()
     result = run_soak(args.duration_s, infer_s=args.infer_ms / 1e3, size=(args.height, args.width),
-                      rgb_hz=args.rgb_hz, thermal_hz=args.thermal_hz)
+                      rgb_hz=args.rgb_hz, thermal_hz=args.thermal_hz, thermal_lag_s=args.thermal_lag_ms / 1e3)
     print(result.summary())
     problems = result.problems()
     for problem in problems:
