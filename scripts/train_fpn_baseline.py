@@ -32,7 +32,8 @@ from mafs_ros.model.efficientnet_lite import (
     load_imagenet_weights,
 )
 from mafs_ros.train.config import load_train_config
-from mafs_ros.train.data import FusionSegDataset, load_pair
+from mafs_ros.io.images import load_pair
+from mafs_ros.train.data import FusionSegDataset
 from mafs_ros.train.trainer import _pairs, init_worker
 
 GREY_MEAN, GREY_STD = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3

@@ -21,8 +21,7 @@ from torch.utils.data import Dataset
 from ..class_sets import IGNORE_LABEL, ClassSet, get_class_set
 from ..imaging import ThermalNormalization
 from ..io.images import load_pair
-# discover_pairs and select_stems are not used here: the trainer takes them, with the dataset, from this module.
-from ..io.layouts import DatasetError, PairFiles, discover_pairs, select_stems  # noqa: F401
+from ..io.layouts import DatasetError, PairFiles
 
 # Thermally salient classes (our choice: objects that stand out in a thermal image), by name, so that the ids
 # follow each class list:

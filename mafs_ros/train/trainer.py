@@ -33,7 +33,8 @@ from ..class_sets import get_class_set
 from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
 from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
 from .config import OptimConfig, TrainConfig
-from .data import FusionSegDataset, discover_pairs, select_stems
+from ..io.layouts import discover_pairs, select_stems
+from .data import FusionSegDataset
 from .losses import (
     ChannelWiseDistillation,
     FusionLoss,
@@ -445,9 +446,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Fusion metrics (mean) and mIoU of the current weights on the validation pairs, at full size."""
         from ..engine import MafsEngine
-        from ..evaluate import thermal_u8
+        from ..imaging import thermal_u8
+        from ..io.images import load_pair
         from ..metrics import ConfusionMatrix, fusion_metrics, luma_u8
-        from .data import load_pair
 
         engine = MafsEngine(
             model=self.net, class_names=self.class_set.class_names, palette=self.class_set.palette,
