@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +46,9 @@ def measure(width: int, height: int, rate_hz: float, frames: int, publisher: str
             timeout_s: float = 60.0) -> tuple[int, int]:
     """Runs both processes; returns (received, sent)."""
     script = [sys.executable, str(Path(__file__).resolve())]
-    sub = subprocess.Popen([*script, "--role", "subscribe"], env=environment(subscriber), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    stop_file = Path(tempfile.mkdtemp(prefix="image_delivery_")) / "stop"
+    sub = subprocess.Popen([*script, "--role", "subscribe", "--stop-file", str(stop_file)],
+                           env=environment(subscriber), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         pub = subprocess.run(
             [*script, "--role", "publish", "--width", str(width), "--height", str(height), "--rate-hz", str(rate_hz),
@@ -58,7 +59,7 @@ def measure(width: int, height: int, rate_hz: float, frames: int, publisher: str
             raise RuntimeError(f"publisher failed ({pub.returncode}):\n{pub.stdout}{pub.stderr}")
         sent = int(pub.stdout.split("sent")[-1].split()[0])
         time.sleep(1.0)  # the last frames may still be in flight
-        sub.send_signal(signal.SIGINT)
+        stop_file.touch()
         output, _ = sub.communicate(timeout=20)
     finally:
         if sub.poll() is None:
@@ -100,9 +101,8 @@ def _publish(width: int, height: int, rate_hz: float, frames: int) -> int:
     return 0
 
 
-def _subscribe() -> int:
+def _subscribe(stop_file: Path) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
@@ -111,12 +111,12 @@ def _subscribe() -> int:
     seen: set[str] = set()
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
     node.create_subscription(Image, TOPIC, lambda msg: seen.add(msg.header.frame_id), qos)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    # A stop file rather than a signal: a signal can land while Fast DDS is mid-callback and its teardown then
+    # never returns, which left the measuring process waiting on a subscriber that had its count.
+    while not stop_file.exists():
+        rclpy.spin_once(node, timeout_sec=0.1)
     print(f"received {len(seen)}", flush=True)
-    return 0
+    os._exit(0)  # the count is out; nothing to clean up that the OS does not
 
 
 def main() -> int:
@@ -129,11 +129,12 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--publisher", choices=SETTINGS, default="profile")
     parser.add_argument("--subscriber", choices=SETTINGS, default="default")
+    parser.add_argument("--stop-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "publish":
         return _publish(args.width, args.height, args.rate_hz, args.frames)
     if args.role == "subscribe":
-        return _subscribe()
+        return _subscribe(args.stop_file)
     received, sent = measure(args.width, args.height, args.rate_hz, args.frames, args.publisher, args.subscriber)
     print(f"{args.width}x{args.height} rgb8 at {args.rate_hz:g} Hz, publisher {args.publisher}, subscriber "
           f"{args.subscriber}: received {received} of {sent} ({100 * received / sent:.0f} %)")
