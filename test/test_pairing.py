@@ -672,3 +672,15 @@ def test_a_regular_rgb_stream_decides_when_the_next_frame_cannot_be_nearer() -> 
     assert pairer.add_thermal(190 * MS, "t2", 191 * MS) == []
     (pair,) = pairer.add_rgb(198 * MS, "r6", 199 * MS)
     assert pair.rgb == "r6"
+
+
+def test_after_lost_rgb_frames_a_thermal_frame_waits_for_its_rgb_frame_instead_of_being_given_up() -> None:
+    """Steps of 200 ms (every other RGB frame lost) predict the next frame 200 ms on; it comes after 100 ms, behind
+    its thermal partner. The guess may settle pairs, never give a thermal frame up: the pair is made."""
+    pairer = ApproximateTimePairer(slop_s=0.05, max_wait_s=0.0)
+    for i in range(5):
+        pairer.add_rgb(i * 200 * MS, f"r{i}", i * 200 * MS)
+        assert pairer.add_thermal(i * 200 * MS + 5 * MS, f"t{i}", i * 200 * MS + 6 * MS)[0].rgb == f"r{i}"
+    assert pairer.add_thermal(905 * MS, "t", 906 * MS) == []
+    assert pairer.add_rgb(900 * MS, "r", 907 * MS) == [Pair("r", "t", 900 * MS, 905 * MS)]
+    assert pairer.stats.unmatched_thermal == 0

@@ -19,9 +19,11 @@ slop) is the offset to set, negated.
   queued (per-stream stamps increase, so later RGB frames can only be farther; an RGB frame with exactly the
   stamp t' therefore pairs at once), or when the RGB stream has passed t' + slop. The pair is returned by the
   call that made it final.
-- It is also final when the next RGB frame cannot be nearer than the nearest one so far: the RGB stream's recent
+- It is also final when the next RGB frame cannot be nearer than the nearest queued one: the RGB stream's recent
   stamp steps bound the next stamp from below (last stamp + shortest recent step - (median step - shortest
-  step), a margin for jitter). This needs RGB_STEPS_FOR_PREDICTION steps and depends only on the stamps.
+  step), a margin for jitter). This needs RGB_STEPS_FOR_PREDICTION steps and depends only on the stamps. The
+  prediction only settles pairs, never gives a thermal frame up: after a run of lost RGB frames the next step can
+  be shorter than every recent one, and giving up on a guess would lose a pair whose RGB frame is on its way.
 - Otherwise it waits at most max_wait_s after it was received for a nearer RGB frame: a thermal frame given a
   receive time (`received_ns`) is decided with the nearest available RGB frame within slop once the pairer's
   clock reaches receive time + max_wait_s. The clock is the latest time given to add_* or `expire`, so a caller
@@ -378,10 +380,11 @@ class ApproximateTimePairer:
         else:  # nothing queued (not yet arrived, or used by earlier thermal frames): a later one may be in slop
             final = last_rgb is not None and last_rgb - t >= self._slop_ns
         next_rgb = self._next_rgb_lower_bound()
-        if not final and next_rgb is not None:
-            # The next RGB frame lies at or beyond next_rgb: it cannot beat the nearest queued one, or reach slop.
-            nearest = t - rgb[-1].stamp_ns if rgb else self._slop_ns
-            final = next_rgb - t >= nearest
+        if not final and rgb and next_rgb is not None:
+            # The next RGB frame lies at or beyond next_rgb: it cannot beat the nearest queued one. A prediction never
+            # gives a thermal frame up (a stream that lost frames can step shorter than all its recent steps), it only
+            # settles a pair with a queued RGB frame, which lies within slop here (older ones were given up above).
+            final = next_rgb - t >= t - rgb[-1].stamp_ns
         if not (final or end_of_stream):
             received = thermal[0].received_ns
             timed_out = (received is not None and self._now_ns is not None
