@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from mafs_ros.cli import main
 from mafs_ros.train.config import DataSource, TrainConfig, load_train_config
+from mafs_ros.train.data import label_pixel_counts
+from mafs_ros.train.losses import class_balance_weights
 from mafs_ros.train.trainer import Trainer, learning_rate, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -154,8 +156,9 @@ def test_train_command_reads_a_recipe(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"out_dir: {tmp_path / 'cli'}\nbatch_size: 2\n"
-        f"data: {{train: [{{root: {data}, layout: pairs}}], crop_size: 64, workers: 0}}\n"
-        "model: {config: mafs-tiny}\nstage1: {epochs: 1}\nstage2: {epochs: 1}\n"
+        f"data: {{train: [{{root: {data}, layout: pairs}}], crop_size: 64, workers: 0, copy_paste: 1.0, "
+        "copy_paste_classes: [bump]}\n"
+        "model: {config: mafs-tiny}\nstage1: {epochs: 1}\nstage2: {epochs: 1}\nloss: {seg_class_weighting: balanced}\n"
     )
     assert load_train_config(recipe).data.train[0].root == str(data)
     assert main(["train", str(recipe), "--set", "optim.lr=0.005"]) == 0
@@ -164,3 +167,14 @@ def test_train_command_reads_a_recipe(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage3: {epochs: 1}\n")
     assert main(["train", str(bad)]) == 2
+
+
+def test_balanced_class_weights_come_from_the_training_labels(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    trainer = Trainer(_config(data, tmp_path / "run", loss__seg_class_weighting="balanced"))
+    counts = label_pixel_counts(trainer.train_pairs, 9)
+    assert counts[0] > 0 and sum(counts) == 64 * 64  # one labelled tile
+    assert trainer.seg_loss.ohem.class_weights.tolist() == pytest.approx(class_balance_weights(counts))
+    assert Trainer(_config(data, tmp_path / "plain")).seg_loss.ohem.class_weights is None
+    with pytest.raises(ValueError, match="'none' or 'balanced'"):
+        Trainer(_config(data, tmp_path / "bad", loss__seg_class_weighting="inverse"))

@@ -23,6 +23,8 @@ from mafs_ros.train.data import (
     flip,
     grid_masks,
     joint_augment,
+    label_pixel_counts,
+    paste_classes,
     rotate,
     salient_class_ids,
     scene_augment,
@@ -437,6 +439,61 @@ def test_dataset_keeps_images_label_and_derived_maps_aligned(tmp_path):
         np.testing.assert_array_equal(item["label"].numpy(), label[rows, cols])
         for key, full in (("bi", bi), ("bd", bd), ("mask", mask)):
             np.testing.assert_array_equal(item[key].numpy(), full[rows, cols])
+
+
+def _two_scenes(h: int = 24, w: int = 32):
+    """A receiver (label all background) and a donor whose block of rows 4-11, cols 8-19 is a color_cone (7)."""
+    rng = np.random.default_rng(0)
+    receiver = (rng.integers(0, 256, (h, w, 3), np.uint8), rng.integers(0, 256, (h, w), np.uint8),
+                np.zeros((h, w), np.uint8))
+    donor_label = np.zeros((h, w), np.uint8)
+    donor_label[4:12, 8:20] = 7
+    donor_label[20:, :] = 1  # a car, not pasted
+    donor = (rng.integers(0, 256, (h, w, 3), np.uint8), rng.integers(0, 256, (h, w), np.uint8), donor_label)
+    return receiver, donor
+
+
+def test_paste_classes_moves_only_the_chosen_classes_in_place_and_derives_the_maps_again():
+    (vi, ir, label), (dvi, dir_, dlabel) = _two_scenes()
+
+    def maps(vi, ir, label):
+        bi, bd, mask = derive_maps(label.astype(np.int64), salient_class_ids(MFNET))
+        return {"vi": vi.transpose(2, 0, 1) / 255.0, "ir": ir[None] / 255.0, "label": label.astype(np.int64),
+                "bi": bi, "bd": bd, "mask": mask}
+
+    receiver, donor = maps(vi, ir, label), maps(dvi, dir_, dlabel)
+    out = paste_classes(receiver, donor, [7], salient_class_ids(MFNET))
+    cone = dlabel == 7
+    np.testing.assert_array_equal(out["label"], np.where(cone, 7, 0))
+    np.testing.assert_array_equal(out["vi"], np.where(cone, donor["vi"], receiver["vi"]))
+    np.testing.assert_array_equal(out["ir"], np.where(cone, donor["ir"], receiver["ir"]))
+    assert out["bd"][4, 10] == 1 and out["bd"][8, 14] == 0 and out["bd"].sum() > 0 == receiver["bd"].sum()
+    assert paste_classes(receiver, donor, [3], salient_class_ids(MFNET)) is receiver  # no bike in the donor
+    small = {k: np.ascontiguousarray(a[..., ::2, ::2]) for k, a in donor.items()}  # another size: resized first
+    np.testing.assert_array_equal(paste_classes(receiver, small, [7], salient_class_ids(MFNET))["label"],
+                                  np.where(cone, 7, 0))
+
+
+def test_dataset_copy_paste_takes_donors_showing_the_classes(tmp_path):
+    (vi, ir, label), (dvi, dir_, dlabel) = _two_scenes()
+    _make_pairs(tmp_path, [("a", vi, ir, label), ("b", dvi, dir_, dlabel), ("c", vi, ir, label)],
+                label_stems={"a", "b"})
+    pairs = discover_pairs(tmp_path)
+    plain = FusionSegDataset(pairs, crop_size=None, augment="none")
+    pasting = FusionSegDataset(pairs, crop_size=None, augment="none", copy_paste=1.0, copy_paste_classes=["color_cone"])
+    assert [p.stem for p in pasting.donors] == ["b"] and pasting.paste_ids == [7]
+    item = pasting[0]
+    np.testing.assert_array_equal(item["label"].numpy(), np.where(dlabel == 7, 7, 0))
+    np.testing.assert_allclose(item["vi"].numpy()[:, 5, 9], dvi[5, 9] / 255.0, atol=1e-7)
+    assert torch.equal(pasting[2]["label"], plain[2]["label"])  # unlabelled: nothing pasted
+    unused = FusionSegDataset(pairs, crop_size=8, copy_paste=0.0, copy_paste_classes=["color_cone"])
+    assert torch.equal(unused[0]["vi"], FusionSegDataset(pairs, crop_size=8)[0]["vi"])  # same draws
+    assert label_pixel_counts(pairs + pairs, 9) == np.bincount(np.concatenate([label.ravel(), dlabel.ravel()]),
+                                                                minlength=9).tolist()
+    with pytest.raises(ValueError, match=r"\['cones'\] are not classes"):
+        FusionSegDataset(pairs, copy_paste=0.5, copy_paste_classes=["cones"])
+    with pytest.raises(ValueError, match="probability"):
+        FusionSegDataset(pairs, copy_paste=1.5, copy_paste_classes=["bike"])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -206,6 +206,25 @@ def test_ohem_all_ignored_is_zero_with_grad() -> None:
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_class_weights_scale_each_pixel_loss_by_its_class() -> None:
+    logits, target = _all_hard()
+    weights = [1.0, 4.0, 0.5]
+    per_pixel = F.cross_entropy(logits, target, reduction="none") * torch.tensor(weights)[target]
+    weighted = L.OhemCrossEntropy(class_weights=weights)(logits, target)
+    assert weighted.item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="2 class weights for logits of 3 classes"):
+        L.OhemCrossEntropy(class_weights=[1.0, 2.0])(logits, target)
+    with pytest.raises(ValueError, match="finite and positive"):
+        L.OhemCrossEntropy(class_weights=[1.0, 0.0, 1.0])
+
+
+def test_class_balance_weights_are_capped_square_roots() -> None:
+    assert L.class_balance_weights([10_000, 100, 1, 0]) == [1.0, 10.0, 10.0, 10.0]
+    assert L.class_balance_weights([400, 100, 25]) == [1.0, 2.0, 4.0]
+    with pytest.raises(ValueError, match="positive"):
+        L.class_balance_weights([0, 0])
+
+
 def _seg_batch(b: int = 2, c: int = 3, h: int = 8, w: int = 8):
     """A MafsOutput (aux: 2-channel maps out1/out3/out5, C-channel out2/out4/out6) and label, bi, bd."""
     semantic = torch.randn(b, c, h, w, requires_grad=True)
@@ -235,6 +254,16 @@ def test_segmentation_loss_combination() -> None:
     assert parts["bd"].item() == pytest.approx(bd_loss.item(), rel=1e-6)
     expected = 10 * (parts["ohem"] + 0.5 * (aux_ce + bi_loss + bd_loss))
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_segmentation_loss_class_weights_reach_the_auxiliary_ce() -> None:
+    out, label, bi, bd = _seg_batch()
+    weights = torch.tensor([0.5, 2.0, 3.0])
+    _, parts = L.SegmentationLoss(num_classes=3, class_weights=weights.tolist())(out, label, bi, bd)
+    valid = (label != 255).sum()
+    aux_ce = sum(F.cross_entropy(out.aux[i], label, weight=weights, ignore_index=255, reduction="sum") / valid
+                 for i in (1, 3, 5))
+    assert parts["aux_ce"].item() == pytest.approx(aux_ce.item(), rel=1e-6)
 
 
 def test_segmentation_loss_masks_unlabelled_samples() -> None:

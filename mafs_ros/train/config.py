@@ -36,6 +36,10 @@ class DataConfig:
     # contrast-enhanced infrared (MSRS, AGC cameras) both look familiar (train/data.py thermal_appearance).
     thermal_augment: bool = False
     upscale_small: bool = False  # scale pairs smaller than crop_size up to it instead of refusing them
+    # Probability that a labelled sample gets the pixels of copy_paste_classes (class names) pasted in from
+    # another labelled frame, at the same place (train/data.py paste_classes): more scenes with rare classes.
+    copy_paste: float = 0.0
+    copy_paste_classes: list[str] = field(default_factory=list)
     thermal_normalization: str = "fixed"
     class_set: str = "msrs"
     workers: int = 2
@@ -77,6 +81,9 @@ class LossConfig:
     seg_aux_weight: float = 0.5
     seg_scale: float = 10.0
     ohem_thresh: float = 0.7
+    # "balanced": CE weights sqrt(n_max / n_c), capped at 10, from the training labels' pixel counts (losses.py
+    # class_balance_weights); "none": every class 1.
+    seg_class_weighting: str = "none"
     task_weighting: str = "maxmin"  # fixed | dwa | maxmin
     distillation: str = "none"  # none | torchscript:PATH (a frozen teacher on the fused colour image)
     distillation_kind: str = "cwd"  # cwd (channel-wise, tau 4) | kd (pixel-wise, tau 1)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..class_sets import IGNORE_LABEL, ClassSet, get_class_set
 from ..imaging import ThermalNormalization
-from ..io.images import load_pair
+from ..io.images import load_pair, read_label
 from ..io.layouts import DatasetError, PairFiles
 
 # Thermally salient classes (our choice: objects that stand out in a thermal image), by name, so that the ids
@@ -271,6 +271,34 @@ def scene_augment(
     return {k: np.array(a, order="C", copy=True) for k, a in out.items()}
 
 
+def label_pixel_counts(pairs: Iterable[PairFiles], num_classes: int) -> list[int]:
+    """Pixels per class id (0..num_classes-1) over the labels of the distinct labelled pairs."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for label_file in sorted({p.label for p in pairs if p.label is not None}):
+        label = read_label(label_file, num_classes)
+        counts += np.bincount(label[label != IGNORE_LABEL].ravel(), minlength=num_classes)[:num_classes]
+    return counts.tolist()
+
+
+def paste_classes(maps: dict[str, np.ndarray], donor: dict[str, np.ndarray], class_ids: Sequence[int],
+                  salient_classes: Iterable[int]) -> dict[str, np.ndarray]:
+    """Copy-paste (Ghiasi et al., CVPR 2021) without moving anything: the donor's pixels of `class_ids` (image
+    and label) replace the receiver's at the same place, and the label-derived maps are derived again. Both are
+    full-size maps of one camera, so a bike or a cone lands where that camera saw one, at a plausible size.
+    A donor of another size is resized to the receiver's first."""
+    size = maps["label"].shape
+    if donor["label"].shape != size:
+        donor = resize_maps(donor, size)
+    where = np.isin(donor["label"], class_ids)
+    if not where.any():
+        return maps
+    out = dict(maps)
+    for key in ("vi", "ir", "label"):
+        out[key] = np.where(where, donor[key], maps[key])
+    out["bi"], out["bd"], out["mask"] = derive_maps(out["label"], salient_classes)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -303,6 +331,9 @@ class FusionSegDataset(Dataset):
         names the salient classes of `mask`.
     seed: with the epoch (`set_epoch`) and the index, seeds the item's generator.
     thermal_augment: a random thermal look per item (`thermal_appearance`), drawn after the crop.
+    copy_paste: probability that a labelled item first receives the pixels of `copy_paste_classes` (names in
+        class_set) from another labelled pair of the set that shows them (`paste_classes`): rare classes then
+        appear in more scenes and next to more backgrounds.
     """
 
     def __init__(
@@ -317,6 +348,8 @@ class FusionSegDataset(Dataset):
         seed: int = 0,
         thermal_augment: bool = False,
         upscale_small: bool = False,
+        copy_paste: float = 0.0,
+        copy_paste_classes: Sequence[str] = (),
     ) -> None:
         if not pairs:
             raise ValueError("FusionSegDataset needs at least one pair")
@@ -336,6 +369,8 @@ class FusionSegDataset(Dataset):
         self.seed = seed
         self.thermal_augment = thermal_augment
         self.upscale_small = upscale_small
+        self.copy_paste = copy_paste
+        self.paste_ids, self.donors = self._paste_donors(copy_paste, copy_paste_classes)
         # In shared memory, so that persistent DataLoader workers (which hold copies of the dataset) see the
         # epoch set in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -363,6 +398,9 @@ class FusionSegDataset(Dataset):
         rng = self.item_rng(index)
         try:
             maps, has_label = self._load(pair)
+            if has_label and self.donors and rng.random() < self.copy_paste:
+                donor = self.donors[int(rng.integers(len(self.donors)))]
+                maps = paste_classes(maps, self._load(donor)[0], self.paste_ids, self.salient_classes)
             if self.upscale_small and self.crop_size is not None:
                 maps = upscale_to_fit(maps, self.crop_size)
             if self.augment == "scene":
@@ -383,6 +421,21 @@ class FusionSegDataset(Dataset):
         item["has_label"] = torch.tensor(has_label)
         item["name"] = pair.stem
         return item
+
+    def _paste_donors(self, probability: float, class_names: Sequence[str]) -> tuple[list[int], list[PairFiles]]:
+        """The class ids to paste and the distinct labelled pairs that show one of them."""
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"copy_paste must be a probability in [0, 1], got {probability}")
+        unknown = sorted(set(class_names) - set(self.class_set.class_names))
+        if unknown:
+            raise ValueError(f"copy_paste_classes {unknown} are not classes of {self.class_set.name!r}: "
+                             f"{list(self.class_set.class_names)}")
+        if probability == 0.0 or not class_names:
+            return [], []
+        ids = [self.class_set.class_names.index(name) for name in class_names]
+        labelled = sorted({p for p in self.pairs if p.label is not None}, key=lambda p: str(p.label))
+        donors = [p for p in labelled if np.isin(read_label(p.label, self.class_set.num_classes), ids).any()]
+        return ids, donors
 
     def _load(self, pair: PairFiles) -> tuple[dict[str, np.ndarray], bool]:
         """The full-size maps of a pair (vi, ir, label, bi, bd, mask as in the item, as numpy arrays) and

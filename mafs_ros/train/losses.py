@@ -255,13 +255,43 @@ def _index_map(t: torch.Tensor) -> torch.Tensor:
     return t.squeeze(1) if t.dim() == 4 and t.shape[1] == 1 else t
 
 
-def _masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy averaged over non-ignored pixels; 0 (keeping the graph) when every pixel is ignored.
+def _masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy (class-weighted if `weight`) summed over non-ignored pixels and divided by their number; 0
+    (keeping the graph) when every pixel is ignored.
 
     `F.cross_entropy(reduction="mean")` would return NaN on a fully ignored batch.
     """
-    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")
     return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def class_balance_weights(pixel_counts: Sequence[int], cap: float = 10.0) -> list[float]:
+    """Per-class CE weights sqrt(n_max / n_c), capped: the most frequent class (background) keeps 1, a class
+    a hundred times rarer gets 10. The square root and the cap keep a class seen in a handful of frames from
+    dominating the loss; a class absent from the counts gets the cap."""
+    if not pixel_counts or max(pixel_counts) <= 0:
+        raise ValueError(f"class_balance_weights needs pixel counts with a positive one, got {list(pixel_counts)}")
+    most = max(pixel_counts)
+    return [min(cap, math.sqrt(most / n)) if n > 0 else cap for n in pixel_counts]
+
+
+def _weights_tensor(class_weights: Sequence[float] | None) -> torch.Tensor | None:
+    if class_weights is None:
+        return None
+    weights = torch.tensor(list(class_weights), dtype=torch.float32)
+    if weights.dim() != 1 or not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
+        raise ValueError(f"class weights must be finite and positive, got {list(class_weights)}")
+    return weights
+
+
+def _weights_for(weights: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    if weights.numel() != logits.shape[1]:
+        raise ValueError(f"{weights.numel()} class weights for logits of {logits.shape[1]} classes")
+    return weights.to(device=logits.device, dtype=logits.dtype)
 
 
 class OhemCrossEntropy(nn.Module):
@@ -271,13 +301,15 @@ class OhemCrossEntropy(nn.Module):
     n_min = max(1, ⌊min_kept_fraction · #valid pixels⌋); returns the mean over the kept pixels.
     Differences from the official code: n_min counts valid pixels only (the official B·H·W/16 includes
     ignored ones, whose zero loss could then be "kept"), and a fully ignored batch gives 0 instead of NaN.
-    Computed without host synchronisation (no `.item()`).
+    Computed without host synchronisation (no `.item()`). With class_weights, a pixel's CE is scaled by its
+    class's weight before the selection (`class_balance_weights`).
 
     forward(logits (B, C, H, W), target (B, H, W) int64) -> scalar.
     """
 
     def __init__(
-        self, score_thresh: float = 0.7, min_kept_fraction: float = 1.0 / 16, ignore_index: int = IGNORE_LABEL
+        self, score_thresh: float = 0.7, min_kept_fraction: float = 1.0 / 16, ignore_index: int = IGNORE_LABEL,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < score_thresh < 1.0:
@@ -287,10 +319,14 @@ class OhemCrossEntropy(nn.Module):
         self.loss_thresh = -math.log(score_thresh)
         self.min_kept_fraction = min_kept_fraction
         self.ignore_index = ignore_index
+        self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = _index_map(target)
-        pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none").flatten()
+        weight = _weights_for(self.class_weights, logits)
+        pixel_loss = F.cross_entropy(
+            logits, target, weight=weight, ignore_index=self.ignore_index, reduction="none"
+        ).flatten()
         valid = (target != self.ignore_index).flatten()
         # Ignored pixels get a key below any CE (>= 0) so that they sort last and never enter the top n_min.
         sorted_loss, order = torch.sort(torch.where(valid, pixel_loss, -1.0), descending=True)
@@ -323,7 +359,7 @@ class SegmentationLoss(nn.Module):
                           + aux_weight · (BCE(out1, bi) + BCE(out3, bi) + BCE(out5, bd)) ]
 
     BCE is with logits on one-hot 2-channel targets; the `bi` terms use pos_weight (MSRS statistics from
-    PSFusion). Samples with has_label False contribute nothing; a batch without any labelled sample gives
+    PSFusion). class_weights (one per class, e.g. `class_balance_weights`) weight both CE terms. Samples with has_label False contribute nothing; a batch without any labelled sample gives
     a zero loss that still has a grad_fn, so the caller can add it unconditionally.
 
     forward(output, label (B, H, W) int64, bi (B, H, W), bd (B, H, W), has_label (B,) bool or None = all
@@ -340,6 +376,7 @@ class SegmentationLoss(nn.Module):
         ohem_thresh: float = 0.7,
         ohem_min_kept_fraction: float = 1.0 / 16,
         ignore_index: int = IGNORE_LABEL,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if len(bi_pos_weight) != 2:
@@ -348,7 +385,7 @@ class SegmentationLoss(nn.Module):
         self.aux_weight = aux_weight
         self.scale = scale
         self.ignore_index = ignore_index
-        self.ohem = OhemCrossEntropy(ohem_thresh, ohem_min_kept_fraction, ignore_index)
+        self.ohem = OhemCrossEntropy(ohem_thresh, ohem_min_kept_fraction, ignore_index, class_weights)
         # Not persistent: a constant of the recipe, not a learned or resumable state.
         self.register_buffer(
             "bi_pos_weight", torch.tensor(bi_pos_weight, dtype=torch.float32).view(1, 2, 1, 1), persistent=False
@@ -379,7 +416,8 @@ class SegmentationLoss(nn.Module):
         pos_weight = self.bi_pos_weight.to(device=semantic.device, dtype=semantic.dtype)
 
         ohem = self.ohem(semantic, label)
-        aux_ce = sum(_masked_cross_entropy(out, label, self.ignore_index) for out in (out2, out4, out6))
+        weight = _weights_for(self.ohem.class_weights, semantic)
+        aux_ce = sum(_masked_cross_entropy(out, label, self.ignore_index, weight) for out in (out2, out4, out6))
         bi_loss = sum(_one_hot_bce(out, bi, pos_weight, sample_weight) for out in (out1, out3))
         bd_loss = _one_hot_bce(out5, bd, None, sample_weight)
         total = self.scale * (ohem + self.aux_weight * (aux_ce + bi_loss + bd_loss))

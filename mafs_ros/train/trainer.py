@@ -34,9 +34,10 @@ from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
 from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
 from .config import OptimConfig, TrainConfig
 from ..io.layouts import discover_pairs, select_stems
-from .data import FusionSegDataset
+from .data import FusionSegDataset, label_pixel_counts
 from .losses import (
     ChannelWiseDistillation,
+    class_balance_weights,
     FusionLoss,
     PixelWiseDistillation,
     SegmentationLoss,
@@ -192,7 +193,7 @@ class Trainer:
         )
         self.seg_loss = SegmentationLoss(
             model_cfg.num_classes, aux_weight=cfg.loss.seg_aux_weight, scale=cfg.loss.seg_scale,
-            ohem_thresh=cfg.loss.ohem_thresh,
+            ohem_thresh=cfg.loss.ohem_thresh, class_weights=self._class_weights(model_cfg.num_classes),
         )
         self.teacher = build_teacher(
             cfg.loss.distillation, num_classes=model_cfg.num_classes, map_location=self.device
@@ -215,6 +216,16 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self._stop_requested = False
+
+    def _class_weights(self, num_classes: int) -> list[float] | None:
+        weighting = self.cfg.loss.seg_class_weighting
+        if weighting == "none" or not self.has_labels:
+            return None
+        if weighting != "balanced":
+            raise ValueError(f"loss.seg_class_weighting must be 'none' or 'balanced', got {weighting!r}")
+        weights = class_balance_weights(label_pixel_counts(self.train_pairs, num_classes))
+        logger.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(self.class_set.class_names, weights)))
+        return weights
 
     # ---- state --------------------------------------------------------------------------------------------
 
@@ -300,7 +311,8 @@ class Trainer:
             self.train_pairs, crop_size=self.cfg.data.crop_size, augment=self.cfg.data.augment, stage1_masking=stage1,
             thermal_normalization=self.cfg.data.thermal_normalization, class_set=self.class_set,
             seed=self.cfg.seed, thermal_augment=self.cfg.data.thermal_augment,
-            upscale_small=self.cfg.data.upscale_small,
+            upscale_small=self.cfg.data.upscale_small, copy_paste=self.cfg.data.copy_paste,
+            copy_paste_classes=self.cfg.data.copy_paste_classes,
         )
         per_process_batch = self.cfg.batch_size // self.dist.world_size
         if per_process_batch < 1 or per_process_batch * self.dist.world_size != self.cfg.batch_size:
