@@ -118,6 +118,11 @@ def test_mafs_lite_outputs_at_the_input_size(size: tuple[int, int]) -> None:
         assert net(vi, ir).aux == ()
     with pytest.raises(ValueError, match="differ"):
         net(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 32, 64))
+    net.train()
+    half = (size[0] // 2, size[1] // 2)
+    out = net(vi, ir, seg_size=half)  # training losses at a lower resolution: only the segmentation maps shrink
+    assert out.semantic.shape == (2, 9, *half) and out.fused.shape == (2, 1, *size)
+    assert [tuple(a.shape[-2:]) for a in out.aux] == [half] * 6
 
 
 def test_untrained_fusion_starts_as_a_soft_max_of_the_sources() -> None:

@@ -178,3 +178,18 @@ def test_balanced_class_weights_come_from_the_training_labels(tmp_path: Path) ->
     assert Trainer(_config(data, tmp_path / "plain")).seg_loss.ohem.class_weights is None
     with pytest.raises(ValueError, match="'none' or 'balanced'"):
         Trainer(_config(data, tmp_path / "bad", loss__seg_class_weighting="inverse"))
+
+
+def test_segmentation_losses_at_a_lower_resolution(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    trainer = Trainer(_config(data, tmp_path / "run", loss__seg_loss_scale=0.5))
+    label = torch.arange(64, dtype=torch.int64).repeat(64, 1)[None] % 9  # column id mod 9, (1, 64, 64)
+    batch = {"label": label, "bi": (label > 0).float(), "bd": torch.zeros(1, 64, 64)}
+    size, (small_label, small_bi, _) = trainer._seg_targets(batch)
+    assert size == (32, 32) and small_label.dtype == torch.int64
+    assert torch.equal(small_label[0, 0], (torch.arange(32) * 2 + 1) % 9)  # pixel centres, ids exact
+    assert torch.equal(small_bi, (small_label > 0).float())
+    train(trainer.cfg)  # mafs-tiny's maps come out at half size and the losses take them
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="seg_loss_scale must be in"):
+        Trainer(_config(data, tmp_path / "bad", loss__seg_loss_scale=0.0))

@@ -195,7 +195,8 @@ class MafsNet(nn.Module):
     forward(vi (B,3,H,W) RGB in [0,1], ir (B,1,H,W) in [0,1]) -> MafsOutput. Only the first infrared
     channel is used, like the official model. No ImageNet normalisation, as in the official code. The deep-supervision
     maps (`aux`, six full-resolution upsamplings) only feed training losses: they are computed in train mode
-    or with `with_aux=True`, and skipped otherwise.
+    or with `with_aux=True`, and skipped otherwise. `seg_size` (H', W') gives the semantic and aux maps another
+    size than the input's (training losses at a lower resolution: `loss.seg_loss_scale`).
     """
 
     def __init__(self, cfg: MafsConfig) -> None:
@@ -205,14 +206,17 @@ class MafsNet(nn.Module):
         self.fusion_decoder = FusionDecoder(cfg.fusion_width, cfg.inn_blocks)
         self.seg_decoder = SegmentationDecoder(cfg)
 
-    def forward(self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None) -> MafsOutput:
+    def forward(
+        self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None
+    ) -> MafsOutput:
         ir = ir[:, :1]
         if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
             raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
         features = self.encoder(vi, ir)
         fused = self.fusion_decoder(features.rec_f)
         with_aux = self.training if with_aux is None else with_aux
-        semantic, aux = self.seg_decoder(features.rec_f1, features.cam, tuple(vi.shape[-2:]), with_aux)
+        size = tuple(vi.shape[-2:]) if seg_size is None else tuple(seg_size)
+        semantic, aux = self.seg_decoder(features.rec_f1, features.cam, size, with_aux)
         return MafsOutput(semantic, aux, fused)
 
 

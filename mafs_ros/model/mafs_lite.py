@@ -96,7 +96,7 @@ def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 class MafsLiteNet(nn.Module):
     """MAFS on EfficientNet-Lite0 streams (see the module docstring). forward(vi, ir) -> MafsOutput, with the
-    six deep-supervision maps in train mode, as `MafsNet`."""
+    six deep-supervision maps in train mode and an optional `seg_size`, as `MafsNet`."""
 
     def __init__(self, cfg: MafsConfig) -> None:
         super().__init__()
@@ -136,7 +136,9 @@ class MafsLiteNet(nn.Module):
             cam_features.append(self.cam[level](rgb, thermal))
         return cam_features
 
-    def forward(self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None) -> MafsOutput:
+    def forward(
+        self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None
+    ) -> MafsOutput:
         ir = ir[:, :1]
         if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
             raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
@@ -152,7 +154,7 @@ class MafsLiteNet(nn.Module):
         fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
 
         with_aux = self.training if with_aux is None else with_aux
-        size = tuple(vi.shape[-2:])
+        size = tuple(vi.shape[-2:]) if seg_size is None else tuple(seg_size)
         semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
         # Explicit class count: ONNX shape inference loses it through the final resize.
         semantic = semantic.reshape(semantic.shape[0], self.config.num_classes, *size)

@@ -84,6 +84,10 @@ class LossConfig:
     # "balanced": CE weights sqrt(n_max / n_c), capped at 10, from the training labels' pixel counts (losses.py
     # class_balance_weights); "none": every class 1.
     seg_class_weighting: str = "none"
+    # The segmentation losses run at this fraction of the crop: the maps come out of the model at that size and
+    # the labels are resized to it (nearest). mafs-lite segments a half-size image, so 0.5 loses nothing it can
+    # resolve and saves the full-size upsampling and cross-entropy of seven maps (a good part of a CPU step).
+    seg_loss_scale: float = 1.0
     task_weighting: str = "maxmin"  # fixed | dwa | maxmin
     distillation: str = "none"  # none | torchscript:PATH (a frozen teacher on the fused colour image)
     distillation_kind: str = "cwd"  # cwd (channel-wise, tau 4) | kd (pixel-wise, tau 1)

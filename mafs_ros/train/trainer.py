@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -182,6 +183,8 @@ class Trainer:
             self.pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(self.pretrainer)
             self.net = self.pretrainer.net
 
+        if not 0.0 < cfg.loss.seg_loss_scale <= 1.0:
+            raise ValueError(f"loss.seg_loss_scale must be in (0, 1], got {cfg.loss.seg_loss_scale}")
         self.train_pairs = _pairs(cfg.data.train, "training")
         self.val_pairs = _pairs(cfg.data.val, "validation")
         if cfg.data.val_limit:
@@ -403,12 +406,13 @@ class Trainer:
                 total = stage1_loss(rec_vi.float(), rec_ir.float(), vi_y, batch["ir"])
                 parts = {"rec": total}
             else:
-                out = model(batch["vi"], batch["ir"])
+                seg_size, targets = self._seg_targets(batch)
+                out = model(batch["vi"], batch["ir"], seg_size=seg_size)
                 fused = out.fused.float()
                 l_fus, _ = self.fusion_loss(batch["ir"], vi_y, fused, batch["mask"])
                 l_seg, _ = self.seg_loss(
                     type(out)(out.semantic.float(), tuple(a.float() for a in out.aux), fused),
-                    batch["label"], batch["bi"], batch["bd"], batch["has_label"],
+                    *targets, batch["has_label"],
                 )
                 if self.teacher is not None:
                     with torch.no_grad():
@@ -426,6 +430,18 @@ class Trainer:
             nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         return {"loss": total.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def _seg_targets(self, batch: dict[str, Any]) -> tuple[tuple[int, int] | None, list[torch.Tensor]]:
+        """The size of the segmentation maps (None: the input's) and label, bi, bd resized to it (nearest)."""
+        targets = [batch["label"], batch["bi"], batch["bd"]]
+        scale = self.cfg.loss.seg_loss_scale
+        if scale == 1.0:
+            return None, targets
+        h, w = batch["label"].shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        resized = [F.interpolate(t[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(t.dtype)
+                   for t in targets]
+        return size, resized
 
     def _end_epoch(self, lr: float, seconds: float, stage1: bool) -> None:
         names = sorted(self.epoch_sums)
