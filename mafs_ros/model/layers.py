@@ -48,3 +48,13 @@ def resize_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] == reference.shape[-2:]:
         return x
     return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def infrared_channel(vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """The first channel of `ir` (B,1,H,W), after checking that it pairs with `vi` (same batch and size).
+
+    Only the first infrared channel is used, like the official model, so a 3-channel thermal image works too.
+    """
+    if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
+        raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
+    return ir[:, :1]

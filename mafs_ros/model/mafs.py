@@ -34,7 +34,7 @@ from .dem import DEM
 from .dsrm import DSRM
 from .encoders import get_encoder
 from .fusion_decoder import FusionDecoder
-from .layers import resize_to
+from .layers import infrared_channel, resize_to
 from .official_unused import OfficialUnusedDecoderParams, OfficialUnusedEncoderParams
 from .phf import PHF
 from .pixel_decoder import PixelDecoder
@@ -209,9 +209,7 @@ class MafsNet(nn.Module):
     def forward(
         self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None
     ) -> MafsOutput:
-        ir = ir[:, :1]
-        if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
-            raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
+        ir = infrared_channel(vi, ir)
         features = self.encoder(vi, ir)
         fused = self.fusion_decoder(features.rec_f)
         with_aux = self.training if with_aux is None else with_aux

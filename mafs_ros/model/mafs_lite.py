@@ -38,7 +38,7 @@ from .efficientnet_lite import (
     load_imagenet_weights,
 )
 from .encoders import get_encoder
-from .layers import resize_to
+from .layers import infrared_channel, resize_to
 from .mafs import MafsOutput, SegmentationDecoder
 from .phf import PHF
 
@@ -139,9 +139,7 @@ class MafsLiteNet(nn.Module):
     def forward(
         self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None
     ) -> MafsOutput:
-        ir = ir[:, :1]
-        if vi.shape[0] != ir.shape[0] or vi.shape[-2:] != ir.shape[-2:]:
-            raise ValueError(f"visible {tuple(vi.shape)} and infrared {tuple(ir.shape)} batch/size differ")
+        ir = infrared_channel(vi, ir)
         factor = self.config.seg_downsample
         vi_small, ir_small = _downsample(vi, factor), _downsample(ir, factor)
         cam_features = self._encode(vi_small, ir_small)
