@@ -34,7 +34,8 @@ WARMUP_PAIRS = 5
 
 class StandInEngine:
     """Looks like MafsEngine to the node; `infer` takes `delay_s` (a model's time; 0: answers at once) and returns
-    a fixed result of the input's size, so that what is timed is the node, not a network."""
+    a fixed result of the input's size, so that what is timed is the node, not a network. A test double that
+    lives in the package because the product uses it: `mafs bench` (node overhead) and scripts/soak.py."""
 
     device, precision, overlay_alpha, checkpoint_path = "cpu", "fp32", 0.5, None
     class_names = tuple(f"class{i}" for i in range(9))
