@@ -73,7 +73,9 @@ def test_a_few_iterations_lower_the_loss(tmp_path: Path) -> None:
     assert losses[-1] < 0.8 * losses[0], losses
     assert path.exists() and (tmp_path / "run" / "curves.png").exists()
     assert {"loss_fus", "loss_seg", "weight_fus", "weight_seg"} <= set(history[-1])
-    assert {"val_SD", "val_Qabf", "val_mIoU"} <= set(history[5]) and "val_SD" not in history[4]
+    assert {"val_SD", "val_Qabf", "val_mIoU", "val_IoU_unlabeled"} <= set(history[5]) and "val_SD" not in history[4]
+    ious = [v for k, v in history[5].items() if k.startswith("val_IoU_")]
+    assert all(0.0 <= v <= 1.0 for v in ious) and min(ious) <= history[5]["val_mIoU"] <= max(ious)
 
 
 # Stage I has 2 steps: stop in the middle of Stage I, and in the middle of Stage II's first epoch.
@@ -164,6 +166,11 @@ def test_train_command_reads_a_recipe(tmp_path: Path) -> None:
     assert main(["train", str(recipe), "--set", "optim.lr=0.005"]) == 0
     assert (tmp_path / "cli" / "model.safetensors").exists()
     assert (tmp_path / "cli" / "run_config.json").read_text().count("0.005") == 1
+    # The final checkpoint trains on every labelled frame: list entries are addressed by their index.
+    everything = load_train_config(recipe, {"data.train.0.exclude": ["x*"], "data.val": []})
+    assert everything.data.train[0].exclude == ["x*"] and everything.data.val == []
+    with pytest.raises(ValueError, match="'data.train.1.repeat'"):
+        load_train_config(recipe, {"data.train.1.repeat": 2})
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage3: {epochs: 1}\n")
     assert main(["train", str(bad)]) == 2

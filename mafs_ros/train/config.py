@@ -154,7 +154,8 @@ def _build(cls: type, values: Any, where: str) -> Any:
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML recipe; `overrides` are dotted keys (e.g. {"stage2.epochs": 3}) applied on top."""
+    """Read a YAML recipe; `overrides` are dotted keys applied on top, a number indexing a list: {"stage2.epochs":
+    3}, {"data.train.0.exclude": []}."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config not found: {path}")
@@ -163,6 +164,19 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
         node = values
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+            node = _list_item(node, key, dotted) if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node[_list_index(node, leaf, dotted)] = value
+        else:
+            node[leaf] = value
     return _build(TrainConfig, values, str(path))
+
+
+def _list_index(items: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ValueError(f"override {dotted!r}: {key!r} is not an index of a list of {len(items)} entries")
+    return int(key)
+
+
+def _list_item(items: list, key: str, dotted: str) -> Any:
+    return items[_list_index(items, key, dotted)]

@@ -15,6 +15,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -495,6 +496,10 @@ class Trainer:
         values = {name: total / len(self.val_pairs) for name, total in totals.items()}
         if confusion.matrix.sum() > 0:
             values["mIoU"] = confusion.miou()
+            # Per class too: with a few validation frames, the mean hides which classes the model has learnt.
+            for name, iou in zip(self.class_set.class_names, confusion.per_class_iou()):
+                if not math.isnan(iou):
+                    values[f"IoU_{name}"] = float(iou)
         return values
 
     def _write_logs(self) -> None:
@@ -530,10 +535,20 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     x = list(range(1, len(history) + 1))
-    groups = [("loss_", "training losses (epoch mean)"), ("weight_", "task weights"), ("val_", "validation")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (prefix, title) in zip(axes, groups):
-        keys = sorted({k for row in history for k in row if k.startswith(prefix)})
+
+    def is_segmentation(key: str) -> bool:
+        return key.startswith(("val_mIoU", "val_IoU_"))
+
+    # Segmentation scores (0..1) apart from the fusion metrics (EN about 7, SD about 40), or they flatten out.
+    groups = [
+        ("training losses (epoch mean)", lambda k: k.startswith("loss_"), "loss_"),
+        ("task weights", lambda k: k.startswith("weight_"), "weight_"),
+        ("validation: fusion metrics", lambda k: k.startswith("val_") and not is_segmentation(k), "val_"),
+        ("validation: segmentation IoU", is_segmentation, "val_"),
+    ]
+    fig, axes = plt.subplots(1, len(groups), figsize=(20, 4))
+    for ax, (title, wanted, prefix) in zip(axes, groups):
+        keys = sorted({k for row in history for k in row if wanted(k)})
         for key in keys:
             points = [(i, row[key]) for i, row in zip(x, history) if key in row]
             if points:
