@@ -70,6 +70,14 @@ score "max(ir, Y)" "$PAIRS" "$OUT/roadscene/max"
 score "(ir + Y) / 2" "$PAIRS" "$OUT/roadscene/average"
 
 echo "## Segmentation, MFNet validation frames"
+"$PY" - "$CKPT" <<'EOF'
+import sys
+from mafs_ros.checkpoint import load_checkpoint
+run = load_checkpoint(sys.argv[1]).extra.get("run_config")
+if run and not any(src["exclude"] for src in run["data"]["train"] if "mfnet" in src["root"]):
+    print("NOTE: this checkpoint trained on these frames, so the numbers below are no validation; the validation "
+          "of its recipe is in its metadata (segmentation_validation)")
+EOF
 set -f  # the stem patterns below are for mafs eval, not for the shell
 for part in "all ???2[1-9]? ???3[0-5]?" "day ???2[1-9]D ???3[0-5]D" "night ???2[1-9]N ???3[0-5]N"; do
   set -- $part

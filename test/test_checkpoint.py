@@ -232,4 +232,10 @@ def test_packaged_default_loads(caplog):
         assert "UNTRAINED" in caplog.text and "UNTRAINED" in ckpt.description
     else:  # a shipped trained checkpoint says how it was made and what it scored
         assert "UNTRAINED" not in caplog.text
-        assert {"recipe", "data", "msrs_sample_fusion_mean"} <= set(ckpt.extra)
+        assert {"recipe", "data", "msrs_sample_fusion_mean", "segmentation_validation"} <= set(ckpt.extra)
+
+        def held_out(run_config: dict) -> bool:
+            return any(src["exclude"] for src in run_config["data"]["train"] if "mfnet" in src["root"])
+
+        if not held_out(ckpt.extra["run_config"]):  # trained on the validation frames: validated by another run
+            assert held_out(ckpt.extra["validation_run"]["run_config"])
