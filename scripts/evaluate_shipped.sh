@@ -70,11 +70,12 @@ score "max(ir, Y)" "$PAIRS" "$OUT/roadscene/max"
 score "(ir + Y) / 2" "$PAIRS" "$OUT/roadscene/average"
 
 echo "## Segmentation, MFNet validation frames"
-"$PY" - "$CKPT" <<'EOF'
+PYTHONPATH=scripts "$PY" - "$CKPT" <<'EOF'
 import sys
 from mafs_ros.checkpoint import load_checkpoint
+from ship_checkpoint import held_out_validation
 run = load_checkpoint(sys.argv[1]).extra.get("run_config")
-if run and not any(src["exclude"] for src in run["data"]["train"] if "mfnet" in src["root"]):
+if run and not held_out_validation(run):
     print("NOTE: this checkpoint trained on these frames, so the numbers below are no validation; the validation "
           "of its recipe is in its metadata (segmentation_validation)")
 EOF

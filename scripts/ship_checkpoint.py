@@ -40,22 +40,29 @@ CREDITS = (
 )
 
 
-def _labelled_frames(run_config: dict) -> tuple[int, bool]:
-    """(distinct labelled MFNet frames the run trained on, whether it held validation frames out)."""
-    sources = [src for src in run_config["data"]["train"] if "mfnet" in src["root"]]
-    frames = {
+def _mfnet_sources(run_config: dict) -> list[dict]:
+    return [src for src in run_config["data"]["train"] if "mfnet" in src["root"]]
+
+
+def held_out_validation(run_config: dict) -> bool:
+    """Whether a run left frames of its labelled MFNet sources out (the validation frames and their guard band)."""
+    return any(src["exclude"] for src in _mfnet_sources(run_config))
+
+
+def _labelled_frames(run_config: dict) -> int:
+    """The distinct labelled MFNet frames the run trained on."""
+    return len({
         pair.stem
-        for src in sources
+        for src in _mfnet_sources(run_config)
         for pair in select_stems(discover_pairs(src["root"], src["layout"]), src["include"], src["exclude"])
-    }
-    return len(frames), any(src["exclude"] for src in sources)
+    })
 
 
 def _data_summary(run_config: dict) -> dict:
     """The data lines of the metadata, with the frames, repeat count and copy-paste taken from the run itself."""
     data = run_config["data"]
-    repeat = next(src["repeat"] for src in data["train"] if "mfnet" in src["root"])
-    frames, held_out = _labelled_frames(run_config)
+    repeat = _mfnet_sources(run_config)[0]["repeat"]
+    frames, held_out = _labelled_frames(run_config), held_out_validation(run_config)
     which = "outside frames xx18-xx38 of each sequence" if held_out else "all, the validation frames included"
     paste = (
         f"; with probability {data['copy_paste']} a frame also gets the {', '.join(data['copy_paste_classes'])} "
@@ -103,7 +110,7 @@ def main() -> int:
         },
     }
     run_config = json.loads((args.run_dir / "run_config.json").read_text())
-    _, held_out = _labelled_frames(run_config)
+    held_out = held_out_validation(run_config)
     if held_out == bool(args.validation_from):
         parser.error("--validation-from is for a run that trained on the validation frames, --baseline for one "
                      f"that held them out; {args.run_dir} {'held them out' if held_out else 'trained on them'}")
@@ -125,7 +132,10 @@ def main() -> int:
         validated = load_checkpoint(args.validation_from).extra
         for key in ("segmentation_validation", "fpn_baseline_validation"):
             extra[key] = validated[key]
-        extra["validation_run"] = {key: validated[key] for key in ("recipe", "run_config", "training_minutes")}
+        # A step-2 checkpoint passes on the run that validated it, so step 2 can be repeated from its own output.
+        extra["validation_run"] = validated.get("validation_run") or {
+            key: validated[key] for key in ("recipe", "run_config", "training_minutes")
+        }
     extra["credits"] = CREDITS
     description = (
         "mafs-lite: two ImageNet EfficientNet-Lite0 streams at half the input size with the MAFS cross-modal "

@@ -164,19 +164,13 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
         node = values
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = _list_item(node, key, dotted) if isinstance(node, list) else node.setdefault(key, {})
-        if isinstance(node, list):
-            node[_list_index(node, leaf, dotted)] = value
-        else:
-            node[leaf] = value
+            node = node[_index(node, key, dotted)] if isinstance(node, list) else node.setdefault(key, {})
+        node[_index(node, leaf, dotted) if isinstance(node, list) else leaf] = value
     return _build(TrainConfig, values, str(path))
 
 
-def _list_index(items: list, key: str, dotted: str) -> int:
+def _index(items: list, key: str, dotted: str) -> int:
+    """`key` of an override path as an index of `items`; a ValueError naming the override when it is none."""
     if not key.isdigit() or int(key) >= len(items):
         raise ValueError(f"override {dotted!r}: {key!r} is not an index of a list of {len(items)} entries")
     return int(key)
-
-
-def _list_item(items: list, key: str, dotted: str) -> Any:
-    return items[_list_index(items, key, dotted)]
