@@ -27,11 +27,13 @@ Fusion layout (`fusion_report`, the whole file written by `mafs metrics`)::
      "engine": {"device": "cpu", "precision": "fp32", "thermal_normalization": "fixed", "size_policy": "resize"},
      "images": int,                          # pairs evaluated
      "fusion": <fusion layout>,
+     "blank": null | "rgb" | "thermal",      # the camera fed black images (evaluate's `blank`)
      "segmentation": {                       # only when at least one evaluated pair has a label
          "mIoU": float | null, "pixel_accuracy": float | null,
          "per_class_iou": {class_name: float | null},   # fractions in [0, 1]; null: class in neither GT nor prediction
          "num_images": int,                  # labelled pairs in the confusion matrix
-         "ignore_index": 255, "confusion_matrix": [[int]]},   # rows = ground truth, columns = prediction
+         "ignore_index": 255, "confusion_matrix": [[int]],    # rows = ground truth, columns = prediction
+         "mIoU_by_time": {"day": float | null, "night": float | null}},   # MSRS/MFNet stems only
      "skipped": {stem: reason}}
 
 Segmentation follows the MAFS test protocol: one confusion matrix over the whole set, mIoU over all classes including
@@ -55,7 +57,7 @@ from .imaging import overlay, thermal_u8
 from .io.files import images_by_stem
 from .io.images import read_fused_luma, read_label, read_rgbt, read_thermal, read_visible
 from .io.layouts import PairFiles
-from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, fusion_metrics, luma_u8, mean_metrics
+from .metrics import FUSION_METRIC_NAMES, ConfusionMatrix, day_night, fusion_metrics, luma_u8, mean_metrics
 from .reports import (
     SheetRow,
     format_metrics,
@@ -102,6 +104,7 @@ def evaluate(
     *,
     contact_sheet_count: int = 4,
     save_fused: bool = False,
+    blank: str | None = None,
 ) -> dict[str, Any]:
     """Run `engine` on every pair (batch 1, full resolution), compute the fusion metrics of each and the
     segmentation metrics over the labelled ones, and write into `out_dir`:
@@ -117,6 +120,9 @@ def evaluate(
     None). A pair that cannot be read or evaluated (bad file, size mismatch, label ids outside the classes) is
     logged, listed under "skipped" and left out. Raises ValueError for repeated stems or when no pair could be
     evaluated, OSError when an output cannot be written.
+
+    With `blank` ("rgb" or "thermal") that camera's image is all zeros, as from a camera that is down or an RGB
+    camera at night: the metrics then say what the model makes of the other camera alone.
     """
     stems = [pair.stem for pair in pairs]
     repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -127,7 +133,9 @@ def evaluate(
     fused_dir = out_dir / "fused" if save_fused else None
     if fused_dir is not None:
         fused_dir.mkdir(exist_ok=True)
-    tally = _score_pairs(engine, pairs, fused_dir, contact_sheet_count)
+    if blank not in (None, "rgb", "thermal"):
+        raise ValueError(f"blank must be 'rgb', 'thermal' or None, got {blank!r}")
+    tally = _score_pairs(engine, pairs, fused_dir, contact_sheet_count, blank)
     if not tally.per_image:
         raise ValueError(f"none of the {len(pairs)} pair(s) could be evaluated")
 
@@ -135,9 +143,11 @@ def evaluate(
         **engine.describe(),
         "images": len(tally.per_image),
         "fusion": fusion_report(tally.per_image.items()),
+        "blank": blank,
     }
     if tally.labelled:
         report["segmentation"] = segmentation_summary(tally.matrix, engine.class_names, tally.labelled)
+        report["segmentation"]["mIoU_by_time"] = {k: m.to_dict()["miou"] for k, m in sorted(tally.by_time.items())}
     report["skipped"] = tally.skipped
     report = json_ready(report)
 
@@ -154,6 +164,7 @@ class _Tally:
     """What `_score_pairs` gathered over the pairs."""
 
     matrix: ConfusionMatrix
+    by_time: dict[str, ConfusionMatrix] = field(default_factory=dict)  # day and night apart
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     labelled: int = 0
@@ -161,7 +172,7 @@ class _Tally:
 
 
 def _score_pairs(engine: "MafsEngine", pairs: Sequence[PairFiles], fused_dir: Path | None,
-                 contact_sheet_count: int) -> _Tally:
+                 contact_sheet_count: int, blank: str | None = None) -> _Tally:
     """Run the engine on each pair: its fusion metrics, its label in the confusion matrix, its fused luminance
     in `fused_dir` (if given), and the first `contact_sheet_count` as contact-sheet rows. A pair that fails is
     logged and listed under `skipped`."""
@@ -171,10 +182,18 @@ def _score_pairs(engine: "MafsEngine", pairs: Sequence[PairFiles], fused_dir: Pa
     for pair in tqdm(pairs, desc="eval", unit="pair", disable=None):
         try:
             rgb, thermal, gt = _read_pair(pair, len(engine.class_names))
+            if blank == "rgb":
+                rgb = np.zeros_like(rgb)
+            elif blank == "thermal":
+                thermal = np.zeros_like(thermal)
             result = engine.infer(rgb, thermal, want_confidence=False)
             if gt is not None:
                 # Before the metrics are stored, so that a bad label skips the whole pair.
                 tally.matrix.update(result.labels, gt)
+                time_of_day = day_night(pair.stem)
+                if time_of_day:
+                    tally.by_time.setdefault(time_of_day, ConfusionMatrix(len(engine.class_names), IGNORE_LABEL))
+                    tally.by_time[time_of_day].update(result.labels, gt)
             ir = thermal_u8(engine, thermal)
             tally.per_image[pair.stem] = fusion_metrics(ir, luma_u8(rgb), result.fused_y)
         except ValueError as exc:

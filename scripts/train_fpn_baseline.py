@@ -31,49 +31,34 @@ from mafs_ros.model.efficientnet_lite import (
     imagenet_normalize,
     load_imagenet_weights,
 )
-from mafs_ros.train.config import load_train_config
 from mafs_ros.io.images import load_pair
-from mafs_ros.train.data import FusionSegDataset
-from mafs_ros.train.trainer import _pairs, init_worker
+from mafs_ros.model.fpn import FpnDecoder
+from mafs_ros.train.config import load_train_config, parse_overrides
+from mafs_ros.train.data import FusionSegDataset, split_pairs
+from mafs_ros.train.trainer import init_worker
 
 GREY_MEAN, GREY_STD = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
 
 
 class FpnBaseline(nn.Module):
-    """EfficientNet-Lite0 on RGB + thermal, FPN (64 wide) summed at stride 4, 1x1 classifier.
+    """EfficientNet-Lite0 on RGB + thermal stacked (ImageNet weights; model/efficientnet_lite.py), the FPN of
+    model/fpn.py without its stride-2 refinement, 1x1 classifier.
 
     forward(vi (B,3,H,W), ir (B,1,H,W) in [0,1]) -> logits (B, classes, H, W); the trunk sees H/2 x W/2.
     """
 
     def __init__(self, num_classes: int, width: int = 64) -> None:
         super().__init__()
-        rgb = EfficientNetLite0(in_channels=3)
-        load_imagenet_weights(rgb)
-        stem = rgb.conv_stem.weight.detach()
-        rgb.conv_stem = nn.Conv2d(4, stem.shape[0], 3, 2, 1, bias=False)
-        with torch.no_grad():
-            rgb.conv_stem.weight.copy_(torch.cat([stem, stem.mean(dim=1, keepdim=True)], dim=1))
-        self.trunk = rgb
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in rgb.out_channels)
-        self.smooth = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-            for _ in rgb.out_channels
-        )
+        self.trunk = EfficientNetLite0(in_channels=4)
+        load_imagenet_weights(self.trunk)
+        self.fpn = FpnDecoder(self.trunk.out_channels, width)
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         size = vi.shape[-2:]
         x = torch.cat([imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD), (ir - GREY_MEAN) / GREY_STD], dim=1)
-        features = self.trunk(F.avg_pool2d(x, 2))
-        y = self.lateral[-1](features[-1])
-        out = self.smooth[-1](y)
-        finest = features[0].shape[-2:]
-        total = F.interpolate(out, size=finest, mode="bilinear", align_corners=False)
-        for level in range(len(features) - 2, -1, -1):
-            y = self.lateral[level](features[level]) + F.interpolate(y, size=features[level].shape[-2:], mode="nearest")
-            out = self.smooth[level](y)
-            total = total + F.interpolate(out, size=finest, mode="bilinear", align_corners=False)
-        return F.interpolate(self.classifier(total), size=size, mode="bilinear", align_corners=False)
+        pyramid, _ = self.fpn(self.trunk(F.avg_pool2d(x, 2)))
+        return F.interpolate(self.classifier(pyramid), size=size, mode="bilinear", align_corners=False)
 
 
 def evaluate(model: nn.Module, pairs: list, class_set, thermal_normalization) -> dict:
@@ -107,13 +92,16 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training time")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.json")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value as `mafs train` does, e.g. --set data.protocol=interleaved")
     args = parser.parse_args()
 
-    cfg = load_train_config(args.config)
+    cfg = load_train_config(args.config, parse_overrides(args.overrides))
     torch.manual_seed(cfg.seed)
     class_set = get_class_set(cfg.data.class_set)
-    train_pairs = [p for p in _pairs(cfg.data.train, "training") if p.label is not None]
-    val_pairs = [p for p in _pairs(cfg.data.val, "validation") if p.label is not None]
+    train_pairs, val_pairs = split_pairs(cfg.data)
+    train_pairs = [p for p in train_pairs if p.label is not None]
+    val_pairs = [p for p in val_pairs if p.label is not None]
     dataset = FusionSegDataset(
         train_pairs, crop_size=cfg.data.crop_size, augment=cfg.data.augment, thermal_augment=cfg.data.thermal_augment,
         class_set=class_set, seed=cfg.seed, thermal_normalization=cfg.data.thermal_normalization,

@@ -236,3 +236,25 @@ def test_metrics_undefined_value_is_null(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["per_image"]["00702N"]["SCD"] is None and report["mean"]["SCD"] is None
     assert "n/a" in capsys.readouterr().out
+
+
+def test_eval_holdout_frames_and_a_blanked_camera(tmp_path, monkeypatch):
+    """--holdout keeps the frames a validation protocol holds out; --blank feeds black images for one camera
+    (the stand-in then sees thermal 0 and predicts class 0 everywhere)."""
+    monkeypatch.setattr(engine_options, "engine_from_args", lambda args: _stand_in_engine())
+    data = tmp_path / "data"
+    stems = ["00101N", "00102N", "00103N", "00104N", "00105N"]
+    for folder in ("ir", "vi", "label"):
+        (data / folder).mkdir(parents=True)
+        for stem in stems:
+            shutil.copy(SAMPLE / folder / "00702N.png", data / folder / f"{stem}.png")
+    out = tmp_path / "eval"
+    args = ["eval", "--data", str(data), "--out", str(out), "--contact-sheet", "0", "--holdout", "interleaved"]
+    assert cli.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["fusion"]["per_image"]) == ["00103N"] and report["blank"] is None
+    assert set(report["segmentation"]["mIoU_by_time"]) == {"night"}
+    assert cli.main([*args, "--blank", "thermal"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    matrix = np.array(report["segmentation"]["confusion_matrix"])
+    assert report["blank"] == "thermal" and matrix[:, 1:].sum() == 0 and matrix[:, 0].sum() > 0

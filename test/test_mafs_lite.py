@@ -77,8 +77,8 @@ def test_weight_loading_is_strict(tmp_path: Path) -> None:
     torch.save(missing, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match=r"missing \['blocks.15.bn2.running_var'\]"):
         load_imagenet_weights(EfficientNetLite0(), tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="only 1 or 3"):
-        load_imagenet_weights(EfficientNetLite0(in_channels=4))
+    with pytest.raises(ValueError, match="only 1, 3 or 4"):
+        load_imagenet_weights(EfficientNetLite0(in_channels=5))
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,3 +222,50 @@ def test_trainer_starts_mafs_lite_from_imagenet_and_scales_its_encoder_lr(tmp_pa
     cfg.data.train[0].exclude = ["*"]
     with pytest.raises(ValueError, match="leave no pair"):
         Trainer(cfg)
+
+
+def _finest_level_gradient(net: MafsLiteNet, size: tuple[int, int] = (64, 96)) -> float:
+    """How much the final segmentation map depends on the finest encoder level (stride 4 of the encoder input):
+    the gradient it sends there, 0 when it sends none. That level is what the MAFS decoder hands the CAM F3
+    map, and what the FPN's first lateral takes."""
+    reached: dict[str, torch.Tensor] = {}
+
+    def keep(_module, inputs, output=None) -> None:
+        tensor = output if output is not None else inputs[0]
+        tensor.retain_grad()
+        reached["features"] = tensor
+
+    if net.early_fusion:
+        hook = net.fpn.lateral[0].register_forward_pre_hook(keep)
+    else:
+        hook = net.cam[0].register_forward_hook(keep)
+    net.eval()
+    net(torch.rand(1, 3, *size), torch.rand(1, 1, *size)).semantic.sum().backward()
+    hook.remove()
+    grad = reached["features"].grad
+    return 0.0 if grad is None else float(grad.abs().sum())
+
+
+def test_the_segmentation_map_reads_the_finest_level() -> None:
+    """Why curbs were never predicted: the two-stream mafs-lite (transformer decoder from F6) built its map from
+    the 1/16 and 1/8 FPN levels of a half-size input, and F3 reached the deep-supervision heads only. A curb is a
+    few pixels high; on the same frames its finest aux head scored curve 0.25 IoU and the map 0.00."""
+    assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=3))) == 0.0
+    assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=2))) > 0.0
+    assert _finest_level_gradient(build_model(get_config("mafs-lite-ef"))) > 0.0
+
+
+def test_early_fusion_mafs_lite_outputs_and_imagenet_stem() -> None:
+    net = build_model(get_config("mafs-lite-ef", num_classes=9))
+    assert not hasattr(net, "trunk_rgb") and net.trunk.conv_stem.in_channels == 4
+    vi, ir = torch.rand(2, 3, 64, 96), torch.rand(2, 1, 64, 96)
+    out = net(vi, ir, seg_size=(32, 48))
+    assert out.semantic.shape == (2, 9, 32, 48) and out.fused.shape == (2, 1, 64, 96) and out.aux == ()
+    (out.semantic.mean() + out.fused.mean()).backward()
+    assert net.trunk.conv_stem.weight.grad is not None and net.fpn.fine_lateral[0].weight.grad is not None
+    net.load_imagenet_encoders()
+    rgb = EfficientNetLite0(in_channels=3)
+    load_imagenet_weights(rgb)
+    stem = net.trunk.conv_stem.weight.detach()
+    torch.testing.assert_close(stem[:, :3], rgb.conv_stem.weight)
+    torch.testing.assert_close(stem[:, 3:], rgb.conv_stem.weight.mean(dim=1, keepdim=True))

@@ -18,6 +18,7 @@ from mafs_ros.cli import main
 from mafs_ros.train.config import DataSource, TrainConfig, load_train_config
 from mafs_ros.train.data import label_pixel_counts
 from mafs_ros.train.losses import class_balance_weights
+from mafs_ros.train.data import split_pairs
 from mafs_ros.train.trainer import Trainer, learning_rate, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -200,3 +201,82 @@ def test_segmentation_losses_at_a_lower_resolution(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="seg_loss_scale must be in"):
         Trainer(_config(data, tmp_path / "bad", loss__seg_loss_scale=0.0))
+
+
+def _mfnet_stems(root: Path, stems: list[str]) -> Path:
+    """A `pairs` folder whose pairs carry MFNet frame ids (copies of one labelled 64x64 tile)."""
+    tiles = _tiles(root.parent / "tiles")
+    for sub in ("ir", "vi", "label"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            (root / sub / f"{stem}.png").write_bytes((tiles / sub / "00702N.png").read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("protocol, held, guard", [
+    ("interleaved", {"00103D", "00107D", "00503N"}, set()),
+    ("block", {"00121D", "00535D"}, {"00120D", "00536D"}),
+    ("none", set(), set()),
+])
+def test_validation_protocols_split_the_holdout_sources_together(tmp_path: Path, protocol, held, guard) -> None:
+    first = ["00101D", "00102D", "00103D", "00104D", "00105D", "00121D", "00120D"]
+    second = ["00106D", "00107D", "00501N", "00502N", "00503N", "00535D", "00536D"]
+    a, b = _mfnet_stems(tmp_path / "a", first), _mfnet_stems(tmp_path / "b", second)
+    cfg = _config(a, tmp_path / "run", data__protocol=protocol)
+    cfg.data.train = [DataSource(str(a), layout="pairs", holdout=True, repeat=2),
+                      DataSource(str(b), layout="pairs", holdout=True), DataSource(str(_tiles(tmp_path / "u")), "pairs")]
+    cfg.data.val = [DataSource(str(a), layout="pairs", holdout=True), DataSource(str(b), layout="pairs", holdout=True)]
+    train_pairs, val_pairs = split_pairs(cfg.data)
+    assert {p.stem for p in val_pairs} == held
+    trained = {p.stem for p in train_pairs}
+    assert trained == (set(first) | set(second) | set(STEMS)) - held - guard
+    assert sum(p.stem == "00101D" for p in train_pairs) == 2  # the repeat holds
+    with pytest.raises(ValueError, match="unknown validation protocol"):
+        split_pairs(_config(a, tmp_path / "x", data__protocol="random", data__train=cfg.data.train).data)
+
+
+def test_a_time_budget_ends_the_stage_validated_and_saved(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    cfg = _config(data, tmp_path / "run", eval_every=100)
+    cfg.data.val = [DataSource(str(data), layout="pairs")]
+    cfg.stage1.epochs, cfg.stage2.epochs, cfg.stage2.minutes = 0, 1000, 0.05
+    train(cfg)
+    history = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert 1 <= len(history) < 1000 and "val_mIoU" in history[-1]  # stopped by time, validated at the end
+    assert sum(row["seconds"] for row in history) < 3 + 60 * cfg.stage2.minutes
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    train(cfg, resume=True)  # a finished time budget trains no further
+    assert len(json.loads((tmp_path / "run" / "log.json").read_text())) == len(history)
+    assert learning_rate(0, 10**6, cfg.optim, time_spent=0.5) == pytest.approx(cfg.optim.lr * 0.5**0.9)
+
+
+def test_the_early_fusion_trunk_takes_the_encoder_learning_rate(tmp_path: Path) -> None:
+    from mafs_ros.model import build_model, get_config
+    from mafs_ros.train.trainer import build_optimizer
+
+    net = build_model(get_config("mafs-lite-ef"))
+    cfg = TrainConfig()
+    cfg.optim.encoder_lr_scale = 0.2
+    groups = build_optimizer(net, cfg.optim).param_groups
+    trunk = {id(p) for p in net.trunk.parameters()}
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.2]
+    assert {id(p) for p in groups[1]["params"]} == trunk and not trunk & {id(p) for p in groups[0]["params"]}
+
+
+def test_fusion_losses_every_nth_step_leave_the_others_to_segmentation(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    cfg = _config(data, tmp_path / "run", loss__fusion_every=3, data__crop_size=64)
+    cfg.model.config = "mafs-lite-ef"
+    cfg.stage1.epochs, cfg.stage2.epochs = 0, 1
+    cfg.data.train = [DataSource(str(data), layout="pairs", repeat=3)]  # 12 pairs: 6 steps, fusion on 2
+    trainer = Trainer(cfg)
+    calls = []
+    original = trainer.fusion_loss.forward
+    trainer.fusion_loss.forward = lambda *args: calls.append(1) or original(*args)
+    trainer.run()
+    history = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert len(calls) == 2 and {"loss_fus", "loss_seg"} <= set(history[0])
+    with pytest.raises(ValueError, match="fusion path has weights of its own"):
+        Trainer(_config(data, tmp_path / "tiny", loss__fusion_every=2))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Trainer(_config(data, tmp_path / "zero", loss__fusion_every=0))

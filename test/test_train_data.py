@@ -18,6 +18,7 @@ from mafs_ros.io.layouts import MAX_LISTED_PROBLEMS, DatasetError, PairFiles, de
 from mafs_ros.train.data import (
     ROTATIONS,
     FusionSegDataset,
+    blank_modality,
     apply_masks,
     derive_maps,
     flip,
@@ -589,3 +590,19 @@ def test_dataset_errors_name_the_files(tmp_path, samples):
     _write(tmp_path / "ir" / f"{stem}.png", ir[:32])
     with pytest.raises(DatasetError, match="differ in size"):
         FusionSegDataset(pairs, crop_size=None)[0]
+
+
+def test_modality_dropout_blanks_one_camera_of_some_items(tmp_path, samples):
+    _make_pairs(tmp_path, samples, label_stems=STEMS)
+    pairs = discover_pairs(tmp_path) * 10
+    items = [FusionSegDataset(pairs, crop_size=32, modality_dropout=0.5)[i] for i in range(len(pairs))]
+    blank_vi = sum(not item["vi"].any() for item in items)
+    blank_ir = sum(not item["ir"].any() for item in items)
+    assert blank_vi > 0 and blank_ir > 0 and blank_vi + blank_ir < len(items)
+    assert not any(not item["vi"].any() and not item["ir"].any() for item in items)
+    assert all(item["vi"].any() and item["ir"].any() for item in
+               (FusionSegDataset(pairs[:4], crop_size=32)[i] for i in range(4)))
+    with pytest.raises(ValueError, match="modality_dropout"):
+        FusionSegDataset(pairs, modality_dropout=1.5)
+    with pytest.raises(ValueError, match="can blank"):
+        blank_modality({"vi": np.ones(2)}, "label")

@@ -255,6 +255,12 @@ def test_segmentation_loss_combination() -> None:
     expected = 10 * (parts["ohem"] + 0.5 * (aux_ce + bi_loss + bd_loss))
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
 
+    # A model without deep supervision (the early-fusion mafs-lite) trains on the OHEM term alone.
+    total, parts = L.SegmentationLoss(num_classes=3)(MafsOutput(out.semantic, (), out.fused), label, bi, bd)
+    assert set(parts) == {"ohem"} and total.item() == pytest.approx(10 * parts["ohem"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="6 auxiliary maps"):
+        L.SegmentationLoss(num_classes=3)(MafsOutput(out.semantic, aux[:2], out.fused), label, bi, bd)
+
 
 def test_segmentation_loss_class_weights_reach_the_auxiliary_ce() -> None:
     out, label, bi, bd = _seg_batch()

@@ -26,6 +26,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out pairs whose stem matches one of these fnmatch patterns")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: report.json, report.md, contact_sheet.png")
+    parser.add_argument("--holdout", choices=("block", "interleaved"), default=None, metavar="PROTOCOL",
+                        help="only the labelled frames a validation protocol holds out (block or interleaved; "
+                             "mafs_ros/io/splits.py), chosen over all the labelled pairs of --data together")
+    parser.add_argument("--blank", choices=("rgb", "thermal"), default=None,
+                        help="feed black images for this camera (one camera down, or RGB at night)")
     parser.add_argument("--layout", default="auto",
                         help="folder layout: auto (default), pairs, msrs, mfnet, fmb or pst900")
     parser.add_argument("--split", default="test", help="split of a dataset root (default: test)")
@@ -41,6 +46,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
     from ..io.layouts import discover_pairs, select_stems
+    from ..io.splits import holdout
     from ..reports import fusion_table
 
     if args.limit is not None and args.limit < 1:
@@ -54,10 +60,14 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
-    pairs = select_stems(found, args.include, args.exclude)[: args.limit]
+    pairs = select_stems(found, args.include, args.exclude)
+    if args.holdout:
+        held_out = holdout([p.stem for p in pairs if p.label is not None], args.holdout).held_out
+        pairs = [p for p in pairs if p.stem in held_out]
+    pairs = pairs[: args.limit]
     if not pairs:
-        logger.error("no pair to evaluate: %d found, none left after --include %s --exclude %s",
-                     len(found), args.include, args.exclude)
+        logger.error("no pair to evaluate: %d found, none left after --include %s --exclude %s --holdout %s",
+                     len(found), args.include, args.exclude, args.holdout)
         return 2
     logger.info("%d pair(s) to evaluate, %d with a label", len(pairs), sum(p.label is not None for p in pairs))
     engine = engine_or_exit_code(args)
@@ -66,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(engine, pairs, args.out, contact_sheet_count=args.contact_sheet,
-                          save_fused=args.save_fused)
+                          save_fused=args.save_fused, blank=args.blank)
     except ValueError as exc:  # no pair could be evaluated (each one was logged)
         logger.error("%s", exc)
         return 2

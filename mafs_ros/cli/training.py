@@ -21,20 +21,11 @@ def run_train(args: argparse.Namespace) -> int:
     # Before torch starts OpenMP: with spinning (active) waits, a training step on a CPU shared with any other
     # busy process runs several times slower, because each parallel region waits for a descheduled thread.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import yaml
-
-    from ..train.config import load_train_config
+    from ..train.config import load_train_config, parse_overrides
     from ..train.trainer import train
 
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            logger.error("--set needs KEY=VALUE, got %r", item)
-            return 2
-        overrides[key] = yaml.safe_load(value)
     try:
-        cfg = load_train_config(args.config, overrides)
+        cfg = load_train_config(args.config, parse_overrides(args.overrides))
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

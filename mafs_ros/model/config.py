@@ -9,6 +9,7 @@ from typing import Any
 EAEF_GATES = ("intended", "official_b1")
 TRUNK_BLOCKS = ("bottleneck", "basic")
 ENCODER_NAMES = ("resnet", "efficientnet_lite0")
+SEG_TRUNKS = ("two_stream", "early_fusion")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class MafsConfig:
     # MafsLiteNet: the encoders and the fusion weight maps run at 1/seg_downsample of the input size; the
     # fused image is composed at the input size.
     seg_downsample: int = 1
+    # MafsLiteNet's segmentation path: "two_stream" (one trunk per modality, DEM/CAM exchange, the MAFS
+    # decoder) or "early_fusion" (one trunk on RGB + thermal stacked, an FPN refined at stride 2; model/fpn.py).
+    seg_trunk: str = "two_stream"
     # ResNet trunk per modality (conv1/fc of torchvision's ResNet are not used: the SFE replaces conv1).
     trunk_block: str = "bottleneck"
     trunk_layers: tuple[int, ...] = (3, 8, 36, 3)
@@ -56,6 +60,8 @@ class MafsConfig:
             raise ValueError(f"encoder must be one of {ENCODER_NAMES}, got {self.encoder!r}")
         if self.seg_downsample < 1:
             raise ValueError(f"seg_downsample must be >= 1, got {self.seg_downsample}")
+        if self.seg_trunk not in SEG_TRUNKS:
+            raise ValueError(f"seg_trunk must be one of {SEG_TRUNKS}, got {self.seg_trunk!r}")
         if self.trunk_block not in TRUNK_BLOCKS:
             raise ValueError(f"trunk_block must be one of {TRUNK_BLOCKS}, got {self.trunk_block!r}")
         if len(self.trunk_layers) != 4 or len(self.trunk_widths) != 4:
@@ -116,6 +122,15 @@ CONFIGS: dict[str, MafsConfig] = {
         fusion_width=16,
         decoder_width=64,
         transformer_level=3,
+    ),
+    # mafs-lite with one early-fusion trunk (RGB + thermal as 4 channels) and an FPN refined at stride 2.
+    "mafs-lite-ef": MafsConfig(
+        name="mafs-lite-ef",
+        encoder="efficientnet_lite0",
+        seg_downsample=2,
+        seg_trunk="early_fusion",
+        fusion_width=16,
+        decoder_width=64,
     ),
 }
 

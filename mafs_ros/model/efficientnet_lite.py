@@ -149,7 +149,8 @@ def load_imagenet_weights(model: EfficientNetLite0, path: str | Path | None = No
     """Load the ImageNet weights into `model` strictly (missing or unexpected keys are errors naming them).
 
     The classifier keys are skipped for a model without head. For a single-channel model the stem filter is
-    the sum of the RGB filters: a grey image then gives exactly the features of the same image as RGB.
+    the sum of the RGB filters: a grey image then gives exactly the features of the same image as RGB. A
+    4-channel (RGB + thermal) model takes the RGB filters and their mean for the fourth channel.
     """
     path = Path(path) if path is not None else imagenet_weights_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
@@ -163,8 +164,11 @@ def load_imagenet_weights(model: EfficientNetLite0, path: str | Path | None = No
     in_channels = model.conv_stem.in_channels
     if in_channels == 1:
         renamed["conv_stem.weight"] = stem.sum(dim=1, keepdim=True)
+    elif in_channels == 4:
+        renamed["conv_stem.weight"] = torch.cat([stem, stem.mean(dim=1, keepdim=True)], dim=1)
     elif in_channels != stem.shape[1]:
-        raise ValueError(f"EfficientNet-Lite0 with {in_channels} input channels: only 1 or 3 can take ImageNet weights")
+        raise ValueError(f"EfficientNet-Lite0 with {in_channels} input channels: only 1, 3 or 4 can take ImageNet "
+                         "weights")
     own = model.state_dict()
     missing = sorted(set(own) - set(renamed))
     unexpected = sorted(set(renamed) - set(own))

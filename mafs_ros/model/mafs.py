@@ -51,12 +51,12 @@ class MafsOutput(NamedTuple):
     aux:      the six deep-supervision maps, in the official order out1..out6:
               (B,2,H,W) binary/boundary logits at 1/16, (B,C,H,W) semantic at 1/16, then the same pair at
               1/8 and at 1/4 (each upsampled to H, W); empty when not computed (inference).
-    fused:    (B, 1, H, W) fused luminance Y in [0, 1].
+    fused:    (B, 1, H, W) fused luminance Y in [0, 1]; None from a mafs-lite training step without fusion.
     """
 
     semantic: torch.Tensor
     aux: tuple[torch.Tensor, ...]
-    fused: torch.Tensor
+    fused: torch.Tensor | None
 
 
 class EncoderFeatures(NamedTuple):

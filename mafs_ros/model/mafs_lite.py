@@ -33,11 +33,13 @@ from .dsrm import DSRM
 from .efficientnet_lite import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    STEM_CHANNELS,
     EfficientNetLite0,
     imagenet_normalize,
     load_imagenet_weights,
 )
 from .encoders import get_encoder
+from .fpn import FpnDecoder
 from .layers import infrared_channel, resize_to
 from .mafs import MafsOutput, SegmentationDecoder
 from .phf import PHF
@@ -101,11 +103,18 @@ class MafsLiteNet(nn.Module):
     def __init__(self, cfg: MafsConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.trunk_rgb: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=3)
-        self.trunk_thermal: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=1)
-        channels = self.trunk_rgb.out_channels
-        self.dem = nn.ModuleList(DEM(c, gate=cfg.eaef_gate) for c in channels[:3])
-        self.cam = nn.ModuleList(CAM(c, cfg.decoder_width) for c in channels)
+        self.early_fusion = cfg.seg_trunk == "early_fusion"
+        if self.early_fusion:
+            self.trunk: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=4)
+            self.fpn = FpnDecoder(self.trunk.out_channels, cfg.decoder_width, fine_channels=STEM_CHANNELS)
+            self.classifier = nn.Conv2d(self.fpn.out_channels, cfg.num_classes, 1)
+        else:
+            self.trunk_rgb: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=3)
+            self.trunk_thermal: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=1)
+            channels = self.trunk_rgb.out_channels
+            self.dem = nn.ModuleList(DEM(c, gate=cfg.eaef_gate) for c in channels[:3])
+            self.cam = nn.ModuleList(CAM(c, cfg.decoder_width) for c in channels)
+            self.seg_decoder = SegmentationDecoder(cfg)
         width = cfg.fusion_width
         # The fusion path runs at 1/2s: the maps it predicts only correct the full-size "brighter source"
         # prior of FusionComposer, so they can be coarse, and at 1/s DSRM's concatenations cost a CPU frame.
@@ -117,12 +126,22 @@ class MafsLiteNet(nn.Module):
         self.phf = PHF(width, width, width)
         self.dsrm = DSRM(width, width)
         self.composer = FusionComposer(width)
-        self.seg_decoder = SegmentationDecoder(cfg)
 
     def load_imagenet_encoders(self, path: str | None = None) -> None:
-        """Initialise both trunks from the ImageNet weights (the training start; see efficientnet_lite)."""
-        load_imagenet_weights(self.trunk_rgb, path)
-        load_imagenet_weights(self.trunk_thermal, path)
+        """Initialise the trunks from the ImageNet weights (the training start; see efficientnet_lite)."""
+        for trunk in (self.trunk,) if self.early_fusion else (self.trunk_rgb, self.trunk_thermal):
+            load_imagenet_weights(trunk, path)
+
+    def _encode_early(self, vi: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem output (stride 2) and the four feature levels of the one trunk on RGB + thermal."""
+        x = torch.cat([imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD),
+                       imagenet_normalize(ir, THERMAL_MEAN, THERMAL_STD)], dim=1)
+        stem = x = self.trunk.stem(x)
+        features = []
+        for stage in self.trunk.stages():
+            x = stage(x)
+            features.append(x)
+        return stem, features
 
     def _encode(self, vi: torch.Tensor, ir: torch.Tensor) -> list[torch.Tensor]:
         rgb = self.trunk_rgb.stem(imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD))
@@ -137,23 +156,37 @@ class MafsLiteNet(nn.Module):
         return cam_features
 
     def forward(
-        self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None
+        self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None,
+        with_fusion: bool = True,
     ) -> MafsOutput:
+        """`with_fusion` False skips the fusion path (`fused` is None): a training step with segmentation losses
+        only, which the fusion path's own weights allow (its semantic guide is detached)."""
         ir = infrared_channel(vi, ir)
         factor = self.config.seg_downsample
         vi_small, ir_small = _downsample(vi, factor), _downsample(ir, factor)
-        cam_features = self._encode(vi_small, ir_small)
+        if self.early_fusion:
+            stem, features = self._encode_early(vi_small, ir_small)
+            guide, head = self.fpn(features, stem)
+        else:
+            cam_features = self._encode(vi_small, ir_small)
+            guide = cam_features[0]
 
-        fusion = self.afm(self.shallow_rgb(vi_small), self.shallow_thermal(ir_small))
-        # The semantic guide is detached: the fusion losses train the fusion path only, and the encoders are
-        # shaped by segmentation alone (the fusion weight is the larger one, and it needs no class features).
-        fusion = self.dsrm(self.phf(fusion, self.guide(cam_features[0].detach())))
-        luma = torch.tensor(LUMA, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
-        fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
+        fused = fusion = None
+        if with_fusion or not self.early_fusion:  # the two-stream decoder reads the fusion features
+            fusion = self.afm(self.shallow_rgb(vi_small), self.shallow_thermal(ir_small))
+            # The semantic guide is detached: the fusion losses train the fusion path only, and the encoders are
+            # shaped by segmentation alone (the fusion weight is the larger one, and it needs no class features).
+            fusion = self.dsrm(self.phf(fusion, self.guide(guide.detach())))
+            luma = torch.tensor(LUMA, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
+            fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
 
         with_aux = self.training if with_aux is None else with_aux
         size = tuple(vi.shape[-2:]) if seg_size is None else tuple(seg_size)
-        semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
+        if self.early_fusion:
+            # No deep supervision: the FPN sums every level into the one map the classifier reads.
+            semantic, aux = F.interpolate(self.classifier(head), size=size, mode="bilinear", align_corners=False), ()
+        else:
+            semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
         # Explicit class count: ONNX shape inference loses it through the final resize.
         semantic = semantic.reshape(semantic.shape[0], self.config.num_classes, *size)
         return MafsOutput(semantic, aux, fused)

@@ -22,6 +22,7 @@ class DataSource:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     repeat: int = 1  # each pair this many times per epoch (oversamples a small labelled set among unlabelled pairs)
+    holdout: bool = False  # split by data.protocol: in data.train the held-out frames are left out, in data.val kept
 
 
 @dataclass
@@ -44,6 +45,8 @@ class DataConfig:
     class_set: str = "msrs"
     workers: int = 2
     val_limit: int = 0  # evaluate on at most this many validation pairs (0: all)
+    protocol: str = "block"  # validation protocol of the `holdout` sources: block, interleaved or none (io/splits.py)
+    modality_dropout: float = 0.0  # probability that a sample's RGB or (as often) thermal image is blanked
 
 
 @dataclass
@@ -88,6 +91,9 @@ class LossConfig:
     # the labels are resized to it (nearest). mafs-lite segments a half-size image, so 0.5 loses nothing it can
     # resolve and saves the full-size upsampling and cross-entropy of seven maps (a good part of a CPU step).
     seg_loss_scale: float = 1.0
+    # Fusion losses on every Nth step only. mafs-lite's fusion path has weights of its own, so the other steps
+    # skip it and segmentation gets more steps in the same time; the paper's network needs 1.
+    fusion_every: int = 1
     task_weighting: str = "maxmin"  # fixed | dwa | maxmin
     distillation: str = "none"  # none | torchscript:PATH (a frozen teacher on the fused colour image)
     distillation_kind: str = "cwd"  # cwd (channel-wise, tau 4) | kd (pixel-wise, tau 1)
@@ -97,6 +103,9 @@ class LossConfig:
 @dataclass
 class StageConfig:
     epochs: int = 0
+    # A wall-clock budget for the stage's steps (0: none), for comparisons at equal training time: the stage ends
+    # when it is spent (validated and saved as after its last epoch) and the learning rate decays over it.
+    minutes: float = 0.0
 
 
 @dataclass
@@ -151,6 +160,17 @@ def _build(cls: type, values: Any, where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` arguments as load_train_config's overrides (VALUE in YAML syntax)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

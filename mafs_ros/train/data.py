@@ -21,7 +21,9 @@ from torch.utils.data import Dataset
 from ..class_sets import IGNORE_LABEL, ClassSet, get_class_set
 from ..imaging import ThermalNormalization
 from ..io.images import load_pair, read_label
-from ..io.layouts import DatasetError, PairFiles
+from ..io.layouts import DatasetError, PairFiles, discover_pairs, select_stems
+from ..io.splits import holdout
+from .config import DataConfig, DataSource
 
 # Thermally salient classes (our choice: objects that stand out in a thermal image), by name, so that the ids
 # follow each class list:
@@ -40,6 +42,40 @@ FLIPS = ("vertical", "horizontal", "none")
 AUGMENTATIONS = ("official", "scene", "none")  # FusionSegDataset's `augment`
 SCENE_SCALES = (0.7, 1.4)  # scene_augment's scale range around the deployed scale
 ROTATIONS = (90, 180, 270, 0)  # degrees counter-clockwise, as numpy.rot90
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which pairs train and which validate
+
+
+def split_pairs(data: DataConfig) -> tuple[list[PairFiles], list[PairFiles]]:
+    """The training and validation pairs of a recipe's data section (repeats included).
+
+    The sources marked `holdout` (in either list) are split together by `data.protocol` (io/splits.py): the
+    held-out frames leave data.train and are the only ones data.val keeps; guard frames leave both.
+    """
+    found = {id(s): discover_pairs(s.root, layout=s.layout, split=s.split) for s in (*data.train, *data.val)}
+    split_stems = {p.stem for s in (*data.train, *data.val) if s.holdout for p in found[id(s)] if p.label is not None}
+    split = holdout(split_stems, data.protocol)
+
+    def pairs(sources: list[DataSource], validation: bool) -> list[PairFiles]:
+        kept_all = []
+        for source in sources:
+            kept = select_stems(found[id(source)], source.include, source.exclude)
+            if source.holdout:
+                kept = [p for p in kept if (p.stem in split.held_out if validation else split.trains(p.stem))]
+            # A split source may hold none of the held-out frames: the protocol picks over all of them together.
+            if found[id(source)] and not kept and not source.holdout:
+                raise ValueError(f"{source.root}: include {source.include} / exclude {source.exclude} leave no pair")
+            if source.repeat < 1:
+                raise ValueError(f"{source.root}: repeat must be >= 1, got {source.repeat}")
+            kept_all += kept * source.repeat
+        return kept_all
+
+    train, val = pairs(data.train, validation=False), pairs(data.val, validation=True)
+    if not train:
+        raise ValueError("the training config lists no training data (data.train)")
+    return train, val
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,6 +335,14 @@ def paste_classes(maps: dict[str, np.ndarray], donor: dict[str, np.ndarray], cla
     return out
 
 
+def blank_modality(maps: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    """The maps with image `key` ("vi" or "ir") all zeros: a camera that delivers black frames (night for RGB)
+    or none. The fusion target then follows the other image (the fused image of one source is that source)."""
+    if key not in ("vi", "ir"):
+        raise ValueError(f"can blank 'vi' or 'ir', not {key!r}")
+    return {**maps, key: np.zeros_like(maps[key])}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -334,6 +378,8 @@ class FusionSegDataset(Dataset):
     copy_paste: probability that a labelled item first receives the pixels of `copy_paste_classes` (names in
         class_set) from another labelled pair of the set that shows them (`paste_classes`): rare classes then
         appear in more scenes and next to more backgrounds.
+    modality_dropout: probability that an item's RGB or (as often) thermal image is blanked (`blank_modality`),
+        drawn last: the model learns to segment and fuse from one camera when the other is dark or down.
     """
 
     def __init__(
@@ -350,6 +396,7 @@ class FusionSegDataset(Dataset):
         upscale_small: bool = False,
         copy_paste: float = 0.0,
         copy_paste_classes: Sequence[str] = (),
+        modality_dropout: float = 0.0,
     ) -> None:
         if not pairs:
             raise ValueError("FusionSegDataset needs at least one pair")
@@ -370,6 +417,9 @@ class FusionSegDataset(Dataset):
         self.thermal_augment = thermal_augment
         self.upscale_small = upscale_small
         self.copy_paste = copy_paste
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be a probability in [0, 1], got {modality_dropout}")
+        self.modality_dropout = modality_dropout
         self.paste_ids, self.donors = self._paste_donors(copy_paste, copy_paste_classes)
         # In shared memory, so that persistent DataLoader workers (which hold copies of the dataset) see the
         # epoch set in the main process.
@@ -409,6 +459,8 @@ class FusionSegDataset(Dataset):
                 maps = joint_augment(maps, rng, crop_size=self.crop_size, flip_rotate=self.augment == "official")
             if self.thermal_augment:
                 maps["ir"] = thermal_appearance(maps["ir"], rng)
+            if self.modality_dropout and rng.random() < self.modality_dropout:
+                maps = blank_modality(maps, "vi" if rng.random() < 0.5 else "ir")
         except ValueError as err:
             files = ", ".join(str(p) for p in (*pair.image_files, pair.label) if p is not None)
             raise DatasetError(f"pair {pair.stem} ({files})", [str(err)]) from err

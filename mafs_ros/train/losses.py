@@ -358,7 +358,8 @@ class SegmentationLoss(nn.Module):
         L_seg = scale · [ L_ohem(semantic) + aux_weight · Σ_{i∈{2,4,6}} CE(out_i, label)
                           + aux_weight · (BCE(out1, bi) + BCE(out3, bi) + BCE(out5, bd)) ]
 
-    BCE is with logits on one-hot 2-channel targets; the `bi` terms use pos_weight (MSRS statistics from
+    A model without deep supervision (empty `.aux`) is trained on the OHEM term alone. BCE is with logits on
+    one-hot 2-channel targets; the `bi` terms use pos_weight (MSRS statistics from
     PSFusion). class_weights (one per class, e.g. `class_balance_weights`) weight both CE terms. Samples with has_label False contribute nothing; a batch without any labelled sample gives
     a zero loss that still has a grad_fn, so the caller can add it unconditionally.
 
@@ -400,8 +401,8 @@ class SegmentationLoss(nn.Module):
         has_label: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         semantic, aux = output.semantic, output.aux
-        if len(aux) != 6:
-            raise ValueError(f"expected the 6 auxiliary maps out1..out6, got {len(aux)}")
+        if len(aux) not in (0, 6):
+            raise ValueError(f"expected the 6 auxiliary maps out1..out6 (or none), got {len(aux)}")
         if semantic.shape[1] != self.num_classes:
             raise ValueError(f"semantic has {semantic.shape[1]} classes, the loss expects {self.num_classes}")
         label, bi, bd = _index_map(label), _index_map(bi), _index_map(bd)
@@ -412,10 +413,11 @@ class SegmentationLoss(nn.Module):
             # Unlabelled samples become all-ignore for the CE terms and weight 0 for the BCE terms.
             label = torch.where(has_label[:, None, None], label, self.ignore_index)
             sample_weight = has_label.to(semantic.dtype)
+        ohem = self.ohem(semantic, label)
+        if not aux:
+            return self.scale * ohem, {"ohem": ohem.detach()}
         out1, out2, out3, out4, out5, out6 = aux
         pos_weight = self.bi_pos_weight.to(device=semantic.device, dtype=semantic.dtype)
-
-        ohem = self.ohem(semantic, label)
         weight = _weights_for(self.ohem.class_weights, semantic)
         aux_ce = sum(_masked_cross_entropy(out, label, self.ignore_index, weight) for out in (out2, out4, out6))
         bi_loss = sum(_one_hot_bce(out, bi, pos_weight, sample_weight) for out in (out1, out3))

@@ -35,8 +35,7 @@ from ..class_sets import get_class_set
 from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
 from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
 from .config import OptimConfig, TrainConfig
-from ..io.layouts import discover_pairs, select_stems
-from .data import FusionSegDataset, label_pixel_counts
+from .data import FusionSegDataset, label_pixel_counts, split_pairs
 from .losses import (
     ChannelWiseDistillation,
     class_balance_weights,
@@ -81,26 +80,32 @@ def setup_distributed() -> Distributed:
     return Distributed(rank, world_size, device)
 
 
-def learning_rate(iteration: int, max_iter: int, optim: OptimConfig) -> float:
+def learning_rate(iteration: int, max_iter: int, optim: OptimConfig, time_spent: float = 0.0) -> float:
     """Exponential warm-up from warmup_start_lr to lr, then poly decay to 0 (the official
     schedule, docs/MODEL.md, Training recipe).
 
     The warm-up is capped at a tenth of the run, so short runs (the shipped lite recipe, tests) still decay.
+    `time_spent`: the fraction of a time budget used (stage `minutes`); the decay follows whichever of it and
+    the iteration count is further along.
     """
     warmup = min(optim.warmup_iters, max_iter // 10)
     if iteration < warmup:
         return optim.warmup_start_lr * (optim.lr / optim.warmup_start_lr) ** (iteration / warmup)
-    progress = (iteration - warmup) / max(1, max_iter - warmup)
+    progress = max((iteration - warmup) / max(1, max_iter - warmup), time_spent)
     return optim.lr * max(0.0, 1.0 - progress) ** optim.poly_power
 
 
 def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser over `module`'s trainable parameters; those of pretrained encoders (`trunk_*` of a
+    """The optimiser over `module`'s trainable parameters; those of pretrained encoders (`trunk*` of a
     MafsLiteNet) form a second group whose learning rate is scaled by `encoder_lr_scale` (`lr_scale` key)."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     pretrained = isinstance(module, MafsLiteNet)
-    encoder = [p for n, p in named if pretrained and n.startswith("trunk_")]
-    rest = [p for n, p in named if not (pretrained and n.startswith("trunk_"))]
+
+    def is_encoder(name: str) -> bool:
+        return pretrained and name.split(".")[0] in ("trunk", "trunk_rgb", "trunk_thermal")
+
+    encoder = [p for n, p in named if is_encoder(n)]
+    rest = [p for n, p in named if not is_encoder(n)]
     groups = [{"params": rest, "lr_scale": 1.0}]
     if encoder:
         groups.append({"params": encoder, "lr_scale": optim.encoder_lr_scale})
@@ -109,21 +114,6 @@ def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.Optimi
     if optim.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     raise ValueError(f"unknown optimiser {optim.name!r} (sgd or adamw)")
-
-
-def _pairs(sources: list, what: str) -> list:
-    pairs = []
-    for source in sources:
-        found = discover_pairs(source.root, layout=source.layout, split=source.split)
-        kept = select_stems(found, source.include, source.exclude)
-        if found and not kept:
-            raise ValueError(f"{source.root}: include {source.include} / exclude {source.exclude} leave no pair")
-        if source.repeat < 1:
-            raise ValueError(f"{source.root}: repeat must be >= 1, got {source.repeat}")
-        pairs += kept * source.repeat
-    if not pairs and what == "training":
-        raise ValueError("the training config lists no training data (data.train)")
-    return pairs
 
 
 def init_worker(worker_id: int) -> None:
@@ -186,8 +176,7 @@ class Trainer:
 
         if not 0.0 < cfg.loss.seg_loss_scale <= 1.0:
             raise ValueError(f"loss.seg_loss_scale must be in (0, 1], got {cfg.loss.seg_loss_scale}")
-        self.train_pairs = _pairs(cfg.data.train, "training")
-        self.val_pairs = _pairs(cfg.data.val, "validation")
+        self.train_pairs, self.val_pairs = split_pairs(cfg.data)
         if cfg.data.val_limit:
             self.val_pairs = self.val_pairs[: cfg.data.val_limit]
         self.has_labels = any(p.label is not None for p in self.train_pairs)
@@ -199,6 +188,13 @@ class Trainer:
             model_cfg.num_classes, aux_weight=cfg.loss.seg_aux_weight, scale=cfg.loss.seg_scale,
             ohem_thresh=cfg.loss.ohem_thresh, class_weights=self._class_weights(model_cfg.num_classes),
         )
+        if cfg.loss.fusion_every < 1:
+            raise ValueError(f"loss.fusion_every must be >= 1, got {cfg.loss.fusion_every}")
+        if cfg.loss.fusion_every > 1 and not isinstance(self.net, MafsLiteNet):
+            raise ValueError("loss.fusion_every > 1 needs a model whose fusion path has weights of its own "
+                             f"(mafs-lite); {model_cfg.name} fuses from its shared encoder")
+        if cfg.loss.fusion_every > 1 and cfg.loss.distillation != "none":
+            raise ValueError("distillation reads the fused image of every step: it needs loss.fusion_every 1")
         self.teacher = build_teacher(
             cfg.loss.distillation, num_classes=model_cfg.num_classes, map_location=self.device
         )
@@ -215,7 +211,7 @@ class Trainer:
         self.stage = STAGES[0]
         self.epoch = 0
         self.step = 0  # batches done in the current epoch
-        self.epoch_sums: dict[str, float] = {}  # loss sums of those batches (task weights need epoch means)
+        self.epoch_sums: dict[str, list] = {}  # [loss sum, steps] of those batches (task weights need epoch means)
         self.iteration = 0  # optimiser steps done in the current stage
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -306,17 +302,28 @@ class Trainer:
     def _stage_epochs(self) -> int:
         return (self.cfg.stage1 if self.stage == "stage1" else self.cfg.stage2).epochs
 
+    def _stage_budget_s(self) -> float:
+        """The stage's time budget in seconds (0: none)."""
+        return 60.0 * (self.cfg.stage1 if self.stage == "stage1" else self.cfg.stage2).minutes
+
+    def _stage_seconds(self) -> float:
+        """Training seconds of the stage's finished epochs (from the history, so that a resumed run counts them)."""
+        return sum(row["seconds"] for row in self.history if row["stage"] == self.stage)
+
     def _run_stage(self) -> None:
         epochs = self._stage_epochs()
-        if self.epoch >= epochs:
+        budget = self._stage_budget_s()
+        if self.epoch >= epochs or (budget and self._stage_seconds() >= budget):
             return
+        if budget and self.dist.world_size > 1:
+            raise ValueError("a stage time budget (minutes) needs one process: DDP ranks would stop at other steps")
         stage1 = self.stage == "stage1"
         dataset = FusionSegDataset(
             self.train_pairs, crop_size=self.cfg.data.crop_size, augment=self.cfg.data.augment, stage1_masking=stage1,
             thermal_normalization=self.cfg.data.thermal_normalization, class_set=self.class_set,
             seed=self.cfg.seed, thermal_augment=self.cfg.data.thermal_augment,
             upscale_small=self.cfg.data.upscale_small, copy_paste=self.cfg.data.copy_paste,
-            copy_paste_classes=self.cfg.data.copy_paste_classes,
+            copy_paste_classes=self.cfg.data.copy_paste_classes, modality_dropout=self.cfg.data.modality_dropout,
         )
         per_process_batch = self.cfg.batch_size // self.dist.world_size
         if per_process_batch < 1 or per_process_batch * self.dist.world_size != self.cfg.batch_size:
@@ -352,23 +359,27 @@ class Trainer:
         self, model: nn.Module, module: nn.Module, loader: DataLoader, sampler: DistributedSampler,
         dataset: FusionSegDataset, max_iter: int, stage1: bool,
     ) -> None:
-        epochs = self._stage_epochs()
-        while self.epoch < epochs:
+        epochs, budget = self._stage_epochs(), self._stage_budget_s()
+        out_of_time = False
+        while self.epoch < epochs and not out_of_time:
             sampler.set_epoch(self.epoch)
             dataset.set_epoch(self.epoch)
             module.train()
             if self.cfg.freeze_bn:
                 _set_bn_eval(module)
+            spent = self._stage_seconds()
             started = time.perf_counter()
             batches = itertools.islice(iter(loader), self.step, None)
             progress = self._progress(len(loader), self.step)
             for batch in batches:
-                lr = learning_rate(self.iteration, max_iter, self.cfg.optim)
+                time_spent = (spent + time.perf_counter() - started) / budget if budget else 0.0
+                lr = learning_rate(self.iteration, max_iter, self.cfg.optim, time_spent)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 losses = self._train_step(model, batch, stage1)
-                for name, value in losses.items():
-                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
+                for name, value in losses.items():  # [sum, steps]: a loss may skip steps (loss.fusion_every)
+                    total, count = self.epoch_sums.get(name, (0.0, 0))
+                    self.epoch_sums[name] = [total + value, count + 1]
                 self.step += 1
                 self.iteration += 1
                 if progress is not None:
@@ -376,11 +387,14 @@ class Trainer:
                     progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | self._weights_postfix())
                 if self._stop_requested:
                     break
+                if budget and spent + time.perf_counter() - started >= budget:
+                    out_of_time = True
+                    break
             if progress is not None:
                 progress.close()
             if self._stop_requested:
                 return
-            self._end_epoch(lr, time.perf_counter() - started, stage1)
+            self._end_epoch(lr, time.perf_counter() - started, stage1, last=out_of_time)
 
     def _weights_postfix(self) -> dict[str, str]:
         if self.stage == "stage1":
@@ -408,9 +422,10 @@ class Trainer:
                 parts = {"rec": total}
             else:
                 seg_size, targets = self._seg_targets(batch)
-                out = model(batch["vi"], batch["ir"], seg_size=seg_size)
-                fused = out.fused.float()
-                l_fus, _ = self.fusion_loss(batch["ir"], vi_y, fused, batch["mask"])
+                with_fusion = self.iteration % self.cfg.loss.fusion_every == 0
+                # Only MafsLiteNet takes with_fusion (the recipe check in __init__ keeps fusion_every 1 otherwise).
+                out = model(batch["vi"], batch["ir"], seg_size=seg_size, **({} if with_fusion else {"with_fusion": False}))
+                fused = out.fused.float() if with_fusion else None
                 l_seg, _ = self.seg_loss(
                     type(out)(out.semantic.float(), tuple(a.float() for a in out.aux), fused),
                     *targets, batch["has_label"],
@@ -421,8 +436,10 @@ class Trainer:
                     l_kd = self.distill(out.semantic.float(), teacher_logits)
                     l_seg = l_seg + self.cfg.loss.distillation_weight * l_kd
                 w = self.task_weights.weights()
-                total = w["fus"] * l_fus + w["seg"] * l_seg
-                parts = {"fus": l_fus, "seg": l_seg}
+                total, parts = w["seg"] * l_seg, {"seg": l_seg}
+                if with_fusion:
+                    l_fus, _ = self.fusion_loss(batch["ir"], vi_y, fused, batch["mask"])
+                    total, parts["fus"] = total + w["fus"] * l_fus, l_fus
         if not torch.isfinite(total):
             raise FloatingPointError(f"{self.stage} epoch {self.epoch} step {self.step}: loss is {total.item()}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -444,9 +461,11 @@ class Trainer:
                    for t in targets]
         return size, resized
 
-    def _end_epoch(self, lr: float, seconds: float, stage1: bool) -> None:
+    def _end_epoch(self, lr: float, seconds: float, stage1: bool, last: bool = False) -> None:
+        """Log the epoch's mean losses (and validation every eval_every epochs and at the `last` one), save."""
         names = sorted(self.epoch_sums)
-        means = torch.tensor([self.epoch_sums[n] / self.step for n in names], dtype=torch.float64, device=self.device)
+        means = torch.tensor([total / count for total, count in (self.epoch_sums[n] for n in names)],
+                             dtype=torch.float64, device=self.device)
         if self.dist.world_size > 1:
             dist.all_reduce(means)
             means /= self.dist.world_size
@@ -460,7 +479,7 @@ class Trainer:
         row: dict[str, Any] = {"stage": self.stage, "epoch": self.epoch, "lr": lr, "seconds": round(seconds, 2)}
         row |= {f"loss_{k}": v for k, v in mean_losses.items()}
         row |= {f"weight_{k}": v for k, v in weights.items()}
-        last = self.epoch == self._stage_epochs()
+        last = last or self.epoch == self._stage_epochs()
         if self.dist.is_main and not stage1 and self.val_pairs and (self.epoch % self.cfg.eval_every == 0 or last):
             row |= {f"val_{k}": v for k, v in self.validate().items()}
         self.history.append(row)
@@ -477,13 +496,14 @@ class Trainer:
         from ..engine import MafsEngine
         from ..imaging import thermal_u8
         from ..io.images import load_pair
-        from ..metrics import ConfusionMatrix, fusion_metrics, luma_u8
+        from ..metrics import ConfusionMatrix, day_night, fusion_metrics, luma_u8
 
         engine = MafsEngine(
             model=self.net, class_names=self.class_set.class_names, palette=self.class_set.palette,
             device=str(self.device), thermal_normalization=self.cfg.data.thermal_normalization,
         )
         confusion = ConfusionMatrix(self.net.config.num_classes)
+        by_time: dict[str, ConfusionMatrix] = {}  # day and night apart, for MFNet/MSRS stems
         totals: dict[str, float] = {}
         for pair in self.val_pairs:
             rgb, thermal, label = load_pair(pair, num_classes=self.net.config.num_classes)
@@ -492,10 +512,15 @@ class Trainer:
                 totals[name] = totals.get(name, 0.0) + value
             if label is not None:
                 confusion.update(result.labels, label)
+                time_of_day = day_night(pair.stem)
+                if time_of_day:
+                    by_time.setdefault(time_of_day, ConfusionMatrix(self.net.config.num_classes))
+                    by_time[time_of_day].update(result.labels, label)
         self.net.train()
         values = {name: total / len(self.val_pairs) for name, total in totals.items()}
         if confusion.matrix.sum() > 0:
             values["mIoU"] = confusion.miou()
+            values |= {f"mIoU_{name}": matrix.miou() for name, matrix in sorted(by_time.items())}
             # Per class too: with a few validation frames, the mean hides which classes the model has learnt.
             for name, iou in zip(self.class_set.class_names, confusion.per_class_iou()):
                 if not math.isnan(iou):
