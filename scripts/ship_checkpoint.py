@@ -2,13 +2,14 @@
 """Write a trained run's checkpoint as the shipped one, with its recipe, data and measured numbers in the
 metadata (what `mafs model-info` and docs/TRAINING.md quote):
 
-    .venv/bin/python scripts/ship_checkpoint.py RUN_DIR EVAL_DIR --out mafs_ros/checkpoints/mafs-lite.safetensors
+    .venv/bin/python scripts/ship_checkpoint.py RUN_DIR EVAL_DIR --recipe "mafs train ..." \
+        --out mafs_ros/checkpoints/mafs-lite.safetensors
 
 RUN_DIR holds the `mafs train` run on every labelled frame (`--set data.protocol=none`: model.safetensors,
-run_config.json, log.json). EVAL_DIR is the output of `scripts/evaluate_shipped.py` on that model, given the
-runs of the same recipe under each validation protocol (`--split-run`) and the FPN baseline trained for the
-same time on the same frames (`--baseline`): the shipped model trained on the validation frames, so its
-validation is theirs.
+run_config.json, log.json); --recipe is the command that made it. EVAL_DIR is the output of
+`scripts/evaluate_shipped.py` on that model, given the runs of the same recipe under each validation protocol
+(`--split-run`) and the FPN baseline trained for the same time on the same frames (`--baseline`): the shipped
+model trained on the validation frames, so its validation is theirs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("eval_dir", type=Path)
+    parser.add_argument("--recipe", required=True, help="the `mafs train` command that made RUN_DIR")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -70,9 +72,8 @@ def main() -> int:
     if missing:
         parser.error(f"{args.eval_dir / 'summary.json'} has no validation for {missing} (evaluate_shipped.py "
                      "--split-run PROTOCOL=RUN_DIR)")
-    recipe = f"mafs train config/train/mafs_lite.yaml --set data.protocol=none --set out_dir={args.run_dir}"
     extra = {
-        "recipe": recipe,
+        "recipe": args.recipe,
         "run_config": run_config,
         "training_minutes": round(sum(row["seconds"] for row in history) / 60, 1),
         "data": _data_summary(run_config),
@@ -82,9 +83,8 @@ def main() -> int:
         "credits": CREDITS,
     }
     description = (
-        "mafs-lite: one ImageNet EfficientNet-Lite0 trunk on RGB + thermal at half the input size, an FPN refined "
-        "at stride 2 for segmentation and the MAFS fusion path (AFM, PHF, DSRM) composing the fused image, "
-        f"fine-tuned on CPU by `{recipe}` ({len(history)} epochs). {CREDITS}"
+        f"{ckpt.config.name} (docs/MODEL.md), fine-tuned from ImageNet weights by `{args.recipe}` "
+        f"({len(history)} epochs). {CREDITS}"
     )
     save_checkpoint(
         args.out, model, ckpt.class_names, ckpt.palette, thermal_normalization=ckpt.thermal_normalization,
