@@ -247,9 +247,10 @@ def _finest_level_gradient(net: MafsLiteNet, size: tuple[int, int] = (64, 96)) -
 
 
 def test_the_segmentation_map_reads_the_finest_level() -> None:
-    """Why curbs were never predicted: the two-stream mafs-lite (transformer decoder from F6) built its map from
-    the 1/16 and 1/8 FPN levels of a half-size input, and F3 reached the deep-supervision heads only. A curb is a
-    few pixels high; on the same frames its finest aux head scored curve 0.25 IoU and the map 0.00."""
+    """Why the shipped mafs-lite never predicts curbs: its decoder (transformer decoder from F6,
+    `transformer_level: 3`) builds the map from the 1/16 and 1/8 FPN levels of a half-size input, and F3 reaches
+    the deep-supervision heads only. A curb is a few pixels high; on frames it trained on, its finest aux head
+    scores curve 0.25 IoU and the map 0.00 (docs/TRAINING.md). Both candidates read F3."""
     assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=3))) == 0.0
     assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=2))) > 0.0
     assert _finest_level_gradient(build_model(get_config("mafs-lite-ef"))) > 0.0
