@@ -54,18 +54,24 @@ def split_pairs(data: DataConfig) -> tuple[list[PairFiles], list[PairFiles]]:
     The sources marked `holdout` (in either list) are split together by `data.protocol` (io/splits.py): the
     held-out frames leave data.train and are the only ones data.val keeps; guard frames leave both.
     """
-    found = {id(s): discover_pairs(s.root, layout=s.layout, split=s.split) for s in (*data.train, *data.val)}
-    split_stems = {p.stem for s in (*data.train, *data.val) if s.holdout for p in found[id(s)] if p.label is not None}
+    def folder(s: DataSource) -> tuple[str, str, str]:
+        return (s.root, s.layout, s.split)
+
+    # Keyed by folder, so that a folder listed for training and for validation is read once.
+    found = {folder(s): discover_pairs(*folder(s)) for s in (*data.train, *data.val)}
+    split_stems = {
+        p.stem for s in (*data.train, *data.val) if s.holdout for p in found[folder(s)] if p.label is not None
+    }
     split = holdout(split_stems, data.protocol)
 
     def pairs(sources: list[DataSource], validation: bool) -> list[PairFiles]:
         kept_all = []
         for source in sources:
-            kept = select_stems(found[id(source)], source.include, source.exclude)
+            kept = select_stems(found[folder(source)], source.include, source.exclude)
             if source.holdout:
                 kept = [p for p in kept if (p.stem in split.held_out if validation else split.trains(p.stem))]
             # A split source may hold none of the held-out frames: the protocol picks over all of them together.
-            if found[id(source)] and not kept and not source.holdout:
+            if found[folder(source)] and not kept and not source.holdout:
                 raise ValueError(f"{source.root}: include {source.include} / exclude {source.exclude} leave no pair")
             if source.repeat < 1:
                 raise ValueError(f"{source.root}: repeat must be >= 1, got {source.repeat}")
