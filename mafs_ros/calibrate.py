@@ -45,8 +45,9 @@ from .edge_alignment import (
     scaling,
     start_homography,
 )
-from .ros.registration import registration_params_yaml
+from .stream.registration import registration_params_yaml
 from .stamps import stamp_ns, stamp_text
+from .errors import MafsError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ OVERLAY_PAIRS = 3
 OVERLAY_WIDTH = 400  # width of one overlay panel
 
 
-class CalibrationInputError(ValueError):
+class CalibrationInputError(MafsError, ValueError):
     """Unusable input: no pairs, unreadable or mismatched images, a bad points file, a bag without the topics."""
 
 
@@ -337,8 +338,8 @@ def pairs_from_bag(bag: Path, rgb_topic: str, thermal_topic: str, *, limit: int 
     """At most `limit` pairs spread evenly over a bag, made by the node's pairing (same sync parameters). Reads
     the bag twice: stamps first, then the pixels of the chosen frames only. Raises CalibrationInputError."""
     from .bags import BagError, BagReader, deserialize, topic_name
-    from .ros.conversions import ImageConversionError, thermal_from_image, visible_from_image
-    from .ros.pairing import ApproximateTimePairer
+    from .stream.conversions import ImageConversionError, thermal_from_image, visible_from_image
+    from .stream.pairing import ApproximateTimePairer
 
     try:
         rgb_topic, thermal_topic = topic_name(rgb_topic), topic_name(thermal_topic)

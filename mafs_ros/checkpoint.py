@@ -42,6 +42,7 @@ from . import __version__
 from .class_sets import IGNORE_LABEL
 from .imaging import ThermalNormalization
 from .model import MafsConfig, build_model
+from .errors import MafsError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ OPTIONAL_FIELDS = ("mafs_ros_version", "extra")
 _MAX_LISTED = 10
 
 
-class CheckpointError(Exception):
+class CheckpointError(MafsError):
     """A checkpoint file that cannot be used; the message says which file and what is wrong."""
 
 

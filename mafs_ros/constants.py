@@ -52,12 +52,18 @@ MAX_WAIT_S = 0.05
 # --- Registration ---------------------------------------------------------------------------------------
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
+# --- Images ---------------------------------------------------------------------------------------------
+# ITU-R BT.601 luma weights of R, G, B: the Y of the official YCbCr, of mafs-lite's fusion and of the metrics.
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
 # --- Engine ---------------------------------------------------------------------------------------------
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SIZE_POLICIES = ("resize", "pad")
+# What runs the network (MafsEngine backend): auto = onnxruntime for fp32 on a CPU, PyTorch otherwise.
+BACKEND_NAMES = ("auto", "torch", "onnxruntime")
 
-# --- ONNX export format (written by export.py, read by the onnxruntime backend) ---------------------------
+# --- ONNX export format (written by backends/onnx_export.py, read by the onnxruntime backends) ---------------------
 ONNX_FORMAT_VERSION = 1
 ONNX_INPUT_NAMES = ("visible", "thermal")
 ONNX_OUTPUT_NAMES = ("fused", "semantic")

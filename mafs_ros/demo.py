@@ -43,6 +43,7 @@ from mafs_ros.constants import (
     THERMAL_TOPIC,
     absolute_topic,
 )
+from mafs_ros.errors import MafsError
 from mafs_ros.ros.transport import large_image_environment
 from mafs_ros.stamps import set_stamp, stamp_ns
 
@@ -67,7 +68,7 @@ OUTPUT_TOPICS = {
 }
 
 
-class DemoError(RuntimeError):
+class DemoError(MafsError, RuntimeError):
     """The demo could not run (node did not start, no output); the message says what to look at."""
 
 
@@ -77,6 +78,7 @@ def run_demo(
     sample_dir: str | Path = SAMPLE_DIR,
     checkpoint: str | None = None,
     device: str = "auto",
+    backend: str = "auto",
     rate_hz: float = 5.0,
     repeat: int = 5,
     max_pairs: int | None = None,
@@ -84,7 +86,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the replay report of the recording (also in out_dir/report.json).
 
-    rate_hz: camera rate of the built bag (RGB and thermal). repeat: passes over the sample pairs.
+    device, backend: the node's parameters of those names. rate_hz: camera rate of the built bag (RGB and thermal). repeat: passes over the sample pairs.
     max_pairs: stop the bag after this many RGB frames (tests). Raises DemoError with the node's log on failure.
     """
     from mafs_ros import replay
@@ -105,7 +107,7 @@ def run_demo(
     # the node use config/fastdds_large_images.xml unless the user chose a profile or transports already.
     transport = large_image_environment(os.environ)
     node_log = out_dir / "node.log"
-    node = _start_node(checkpoint, device, node_log, transport)
+    node = _start_node(checkpoint, device, backend, node_log, transport)
     try:
         with _environment(transport):  # read when the player's DDS participant is created
             session = _DemoSession(out_dir / "recording")
@@ -148,8 +150,9 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _start_node(checkpoint: str | None, device: str, log_path: Path, transport: dict[str, str]) -> subprocess.Popen:
-    args = ["-p", f"device:={device}", "-p", f"sync.thermal_offset_s:={THERMAL_LAG_S}"]
+def _start_node(checkpoint: str | None, device: str, backend: str, log_path: Path,
+                transport: dict[str, str]) -> subprocess.Popen:
+    args = ["-p", f"device:={device}", "-p", f"backend:={backend}", "-p", f"sync.thermal_offset_s:={THERMAL_LAG_S}"]
     if checkpoint:
         args += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
     command = [sys.executable, "-m", "mafs_ros.ros.node", "--ros-args", *args]
@@ -181,17 +184,14 @@ class _DemoSession:
     """An rclpy node that publishes the input bag and records inputs and outputs into a rosbag2."""
 
     def __init__(self, recording: Path) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        self._rclpy = rclpy
-        self._context = Context()
-        rclpy.init(context=self._context)
-        self._node = Node("mafs_demo_player", context=self._context)
+        from mafs_ros.ros.in_process import InProcessRos
+
+        # The environment's ROS_DOMAIN_ID: the node subprocess joins the same domain.
+        self._ros = InProcessRos("mafs_demo_player")
+        self._node = self._ros.node
         self._writer = BagWriter(recording)
         self._lock = threading.Lock()
         self._results = 0
@@ -213,16 +213,6 @@ class _DemoSession:
             )
             self._writer.add_topic(topic, msgtype, [bags.qos_profile(transient_local=latched)])
             self._record(types[msgtype], topic, msgtype, qos)
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except Exception:  # noqa: BLE001 - ends when the context is shut down
-            pass
 
     def _record(self, msg_type: type, topic: str, msgtype: str, qos: Any) -> None:
         def store(raw: bytes, topic: str = topic, msgtype: str = msgtype) -> None:
@@ -241,10 +231,7 @@ class _DemoSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(timeout_sec=2.0)
-        self._node.destroy_node()
-        self._rclpy.try_shutdown(context=self._context)
-        self._spinner.join(5.0)
+        self._ros.close()
         with self._lock:
             self._writer.close()
             self._writer = None
@@ -313,7 +300,7 @@ class _DemoSession:
 
 def _write_pngs(recording: Path, out_dir: Path) -> None:
     """Every recorded fused image and overlay as PNG, named by the RGB stamp (fused/, overlay/)."""
-    from mafs_ros.ros.conversions import image_to_numpy
+    from mafs_ros.stream.conversions import image_to_numpy
 
     folders = {_FUSED: out_dir / "fused", _OVERLAY: out_dir / "overlay"}
     for folder in folders.values():

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import LoadedNet, backend_for
+from .backends import LoadedNet, select_backend
 from .checkpoint import Checkpoint
 from .class_sets import IGNORE_LABEL
 from .constants import COMPILE_MODES, PRECISION_NAMES, SIZE_POLICIES
+from .errors import ConfigurationError, InputError, UnavailableError
 from .imaging import THERMAL_DTYPES, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 from .model import MafsConfig
 
@@ -88,30 +89,30 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     if text == "cuda" or text.startswith("cuda:"):
         index_text = text.partition(":")[2] or "0"
         if not index_text.isdigit():
-            raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
+            raise ConfigurationError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise UnavailableError(
                 f"device {spec!r} requested but CUDA is not available (torch {torch.__version__}, "
                 f"built with CUDA: {torch.version.cuda is not None}); use device 'cpu' or 'auto'"
             )
         index = int(index_text)
         count = torch.cuda.device_count()
         if index >= count:
-            raise RuntimeError(f"device {spec!r} requested but only {count} CUDA device(s) exist (cuda:0..{count - 1})")
+            raise UnavailableError(f"device {spec!r} requested but only {count} CUDA device(s) exist (cuda:0..{count - 1})")
         return torch.device("cuda", index)
-    raise ValueError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
+    raise ConfigurationError(f"bad device {spec!r}; use auto, cpu, cuda or cuda:N")
 
 
 def _check_options(size_policy: str, precision: str, overlay_alpha: float, compile_mode: str) -> None:
     """Raise ValueError for an option value MafsEngine does not know."""
     if size_policy not in SIZE_POLICIES:
-        raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
+        raise ConfigurationError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
     if precision not in PRECISION_NAMES:
-        raise ValueError(f"precision must be one of {PRECISION_NAMES}, got {precision!r}")
+        raise ConfigurationError(f"precision must be one of {PRECISION_NAMES}, got {precision!r}")
     if not 0.0 <= overlay_alpha <= 1.0:
-        raise ValueError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
+        raise ConfigurationError(f"overlay_alpha must be within [0, 1], got {overlay_alpha}")
     if compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        raise ConfigurationError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
 
 
 class _StageClock:
@@ -147,8 +148,12 @@ class MafsEngine:
     from an already-built `model` (tests, training) whose `model.config` is its MafsConfig; class names and
     palette then default to `class_sets.default_class_set(num_classes)` and the thermal normalisation to
     "fixed". The engine moves the model to `device` and puts it in eval mode.
-    A checkpoint path ending in .onnx (written by `mafs export --onnx`) runs in onnxruntime instead
-    (`backends.onnxruntime_backend`, backend 'onnxruntime'): fp32 only, `optimize` does not apply.
+    backend: 'auto' (default), 'torch' or 'onnxruntime' (`backends.select_backend`). auto runs a checkpoint in
+    onnxruntime for fp32 on a CPU (`backends.onnxruntime_cache`: exported and checked against PyTorch at the
+    first frame of each network size, then cached per user) and in PyTorch otherwise; a given `model` runs in
+    PyTorch unless 'onnxruntime' is asked for. A checkpoint path ending in .onnx (written by `mafs export
+    --onnx`) always runs in onnxruntime (`backends.onnxruntime_backend`). onnxruntime is fp32 only, and
+    `optimize` and `compile_mode` do not apply to it.
 
     device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (see `resolve_device`).
     precision: 'fp32', 'fp16' (CUDA) or 'bf16' (CUDA, or CPUs with bf16 units): autocast, the weights stay
@@ -182,17 +187,18 @@ class MafsEngine:
         overlay_alpha: float = 0.5,
         optimize: bool | None = None,
         compile_mode: str = "none",
+        backend: str = "auto",
     ) -> None:
         _check_options(size_policy, precision, overlay_alpha, compile_mode)
         self._device = resolve_device(device)
         if precision == "fp16" and self._device.type != "cuda":
-            raise ValueError(f"precision 'fp16' needs a CUDA device (got {self._device}); use fp32 or bf16 on CPU")
+            raise ConfigurationError(f"precision 'fp16' needs a CUDA device (got {self._device}); use fp32 or bf16 on CPU")
         if precision == "bf16" and self._device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
+            raise ConfigurationError("precision 'bf16' is not supported by this GPU; use fp16 or fp32")
         if model is not None and checkpoint is not None:
-            raise ValueError("give either a checkpoint or a model, not both")
+            raise ConfigurationError("give either a checkpoint or a model, not both")
         source = model if model is not None else checkpoint
-        loaded = backend_for(source).load(
+        loaded = select_backend(source, backend, self._device, precision, compile_mode).load(
             source, self._device, precision=precision, optimize=optimize, compile_mode=compile_mode
         )
         self._set_network(loaded, class_names, palette)
@@ -219,9 +225,9 @@ class MafsEngine:
         self._class_names = tuple(class_names) if class_names is not None else loaded.class_names
         self._palette = np.asarray(palette if palette is not None else loaded.palette, dtype=np.uint8)
         if not 2 <= config.num_classes < IGNORE_LABEL:
-            raise ValueError(f"num_classes must be in 2..{IGNORE_LABEL - 1} for uint8 labels, got {config.num_classes}")
+            raise ConfigurationError(f"num_classes must be in 2..{IGNORE_LABEL - 1} for uint8 labels, got {config.num_classes}")
         if len(self._class_names) != config.num_classes or self._palette.shape != (config.num_classes, 3):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{len(self._class_names)} class names / palette {self._palette.shape} do not match "
                 f"the model's {config.num_classes} classes"
             )
@@ -239,12 +245,12 @@ class MafsEngine:
 
     @property
     def model(self) -> Callable[[torch.Tensor, torch.Tensor], Any]:
-        """The network the backend runs: an nn.Module for 'torch', an `OnnxRuntimeNet` for 'onnxruntime'."""
+        """The network the backend runs: an nn.Module for 'torch', a callable onnxruntime network for 'onnxruntime'."""
         return self._model
 
     @property
     def backend(self) -> str:
-        """'torch', or 'onnxruntime' for an .onnx checkpoint."""
+        """'torch' or 'onnxruntime': what runs the network (see `backend` above)."""
         return self._backend
 
     @property
@@ -283,7 +289,7 @@ class MafsEngine:
     @overlay_alpha.setter
     def overlay_alpha(self, alpha: float) -> None:
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"overlay_alpha must be within [0, 1], got {alpha}")
+            raise ConfigurationError(f"overlay_alpha must be within [0, 1], got {alpha}")
         self._overlay_alpha = float(alpha)
 
     @property
@@ -357,13 +363,13 @@ class MafsEngine:
         one raises ValueError naming its index.
         """
         if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         thermals = []
         for index, (rgb, thermal) in enumerate(pairs):
             try:
                 thermals.append(self._validate(rgb, thermal))
             except ValueError as exc:
-                raise ValueError(f"pair {index}: {exc}" if len(pairs) > 1 else str(exc)) from None
+                raise InputError(f"pair {index}: {exc}" if len(pairs) > 1 else str(exc)) from None
         groups: dict[tuple[int, int], list[int]] = {}
         for index, (rgb, _) in enumerate(pairs):
             groups.setdefault(rgb.shape[:2], []).append(index)
@@ -380,29 +386,29 @@ class MafsEngine:
     def _validate(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
         """Check one pair; return the thermal image as (H, W)."""
         if not isinstance(rgb, np.ndarray):
-            raise ValueError(f"visible image must be a numpy array, got {type(rgb).__name__}")
+            raise InputError(f"visible image must be a numpy array, got {type(rgb).__name__}")
         if not isinstance(thermal, np.ndarray):
-            raise ValueError(f"thermal image must be a numpy array, got {type(thermal).__name__}")
+            raise InputError(f"thermal image must be a numpy array, got {type(thermal).__name__}")
         if rgb.dtype != np.uint8:
-            raise ValueError(f"visible image must be uint8, got {rgb.dtype}")
+            raise InputError(f"visible image must be uint8, got {rgb.dtype}")
         if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"visible image must be (H, W, 3) RGB, got shape {rgb.shape}")
+            raise InputError(f"visible image must be (H, W, 3) RGB, got shape {rgb.shape}")
         if thermal.dtype not in [np.dtype(d) for d in THERMAL_DTYPES]:
-            raise ValueError(f"thermal image must be uint8, uint16, float32 or float64, got {thermal.dtype}")
+            raise InputError(f"thermal image must be uint8, uint16, float32 or float64, got {thermal.dtype}")
         if thermal.ndim == 3 and thermal.shape[2] in (1, 3):
             thermal = thermal[:, :, 0]
         if thermal.ndim != 2:
-            raise ValueError(f"thermal image must be (H, W) (or (H, W, 1) / (H, W, 3)), got shape {thermal.shape}")
+            raise InputError(f"thermal image must be (H, W) (or (H, W, 1) / (H, W, 3)), got shape {thermal.shape}")
         if rgb.size == 0 or thermal.size == 0:
-            raise ValueError(f"empty image: visible {rgb.shape}, thermal {thermal.shape}")
+            raise InputError(f"empty image: visible {rgb.shape}, thermal {thermal.shape}")
         if rgb.shape[:2] != thermal.shape:
-            raise ValueError(
+            raise InputError(
                 f"thermal {thermal.shape[0]}x{thermal.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} "
                 "differ in size; register/resize them to the same size first"
             )
         m = self._size_multiple
         if min(thermal.shape) < m:
-            raise ValueError(f"image {thermal.shape[0]}x{thermal.shape[1]} is too small: both sides need >= {m} px")
+            raise InputError(f"image {thermal.shape[0]}x{thermal.shape[1]} is too small: both sides need >= {m} px")
         return thermal
 
     def _network_size(self, height: int, width: int) -> tuple[int, int]:
@@ -428,7 +434,10 @@ class MafsEngine:
         clock.mark()
 
         fused = self._from_network_size(out.fused.float(), (height, width), "bicubic").clamp(0.0, 1.0)
-        logits = self._from_network_size(out.semantic.float(), (height, width), "bilinear")
+        # Channels-last, as the optimised network gives them: a reduction over the classes of contiguous (NCHW)
+        # logits, as onnxruntime gives them, is about eight times slower on a CPU.
+        logits = self._from_network_size(out.semantic.float(), (height, width), "bilinear").contiguous(
+            memory_format=torch.channels_last)
         # contiguous: (H, W, 3) numpy images that OpenCV and ROS messages take without a copy
         fused_rgb = to_uint8(ycbcr_to_rgb(fused, cb, cr)).permute(0, 2, 3, 1).contiguous().cpu().numpy()
         fused_y = to_uint8(fused[:, 0]).cpu().numpy()
@@ -463,7 +472,7 @@ class MafsEngine:
         export checks)."""
         thermals = [self._validate(rgb, thermal) for rgb, thermal in pairs]
         if len({thermal.shape for thermal in thermals}) != 1:
-            raise ValueError("network_inputs needs pairs of one size")
+            raise InputError("network_inputs needs pairs of one size")
         with torch.inference_mode():
             vi_net, ir_net, _, _ = self._preprocess([(rgb, th) for (rgb, _), th in zip(pairs, thermals)])
         return vi_net, ir_net

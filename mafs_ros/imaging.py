@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ConfigurationError, InputError
 from .class_sets import IGNORE_LABEL
+from .constants import LUMA_BT601
 
 THERMAL_NORMALIZATIONS = ("fixed", "minmax", "percentile")
 THERMAL_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
@@ -43,7 +45,7 @@ def rgb_to_ycbcr(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if rgb.dim() < 3 or rgb.shape[-3] != 3:
         raise ValueError(f"rgb_to_ycbcr expects (..., 3, H, W), got shape {tuple(rgb.shape)}")
     r, g, b = rgb[..., 0:1, :, :], rgb[..., 1:2, :, :], rgb[..., 2:3, :, :]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
+    y = LUMA_BT601[0] * r + LUMA_BT601[1] * g + LUMA_BT601[2] * b
     cr = (r - y) * 0.713 + 0.5
     cb = (b - y) * 0.564 + 0.5
     return y.clamp(0.0, 1.0), cb.clamp(0.0, 1.0).detach(), cr.clamp(0.0, 1.0).detach()
@@ -101,16 +103,16 @@ class ThermalNormalization:
 
     def __post_init__(self) -> None:
         if self.name not in THERMAL_NORMALIZATIONS:
-            raise ValueError(f"unknown thermal normalisation {self.name!r}; known: {THERMAL_NORMALIZATIONS}")
+            raise ConfigurationError(f"unknown thermal normalisation {self.name!r}; known: {THERMAL_NORMALIZATIONS}")
         if (self.lo is None) != (self.hi is None):
-            raise ValueError("thermal normalisation 'fixed' needs both lo and hi (or neither)")
+            raise ConfigurationError("thermal normalisation 'fixed' needs both lo and hi (or neither)")
         if self.lo is not None:
             if self.name != "fixed":
-                raise ValueError(f"lo/hi only apply to 'fixed', not {self.name!r}")
+                raise ConfigurationError(f"lo/hi only apply to 'fixed', not {self.name!r}")
             if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.lo < self.hi):
-                raise ValueError(f"thermal range needs finite lo < hi, got lo={self.lo}, hi={self.hi}")
+                raise ConfigurationError(f"thermal range needs finite lo < hi, got lo={self.lo}, hi={self.hi}")
         if not 0.0 <= self.p_lo < self.p_hi <= 100.0:
-            raise ValueError(f"percentiles need 0 <= p_lo < p_hi <= 100, got {self.p_lo}, {self.p_hi}")
+            raise ConfigurationError(f"percentiles need 0 <= p_lo < p_hi <= 100, got {self.p_lo}, {self.p_hi}")
 
     @classmethod
     def from_spec(cls, spec: "str | dict[str, Any] | ThermalNormalization | None") -> "ThermalNormalization":
@@ -124,19 +126,19 @@ class ThermalNormalization:
             known = {"name", "lo", "hi", "p_lo", "p_hi"}
             unknown = sorted(set(spec) - known)
             if unknown:
-                raise ValueError(f"unknown thermal normalisation fields {unknown}; known: {sorted(known)}")
+                raise ConfigurationError(f"unknown thermal normalisation fields {unknown}; known: {sorted(known)}")
             return cls(**spec)
         if not isinstance(spec, str):
-            raise ValueError(f"thermal normalisation spec must be a str or dict, got {type(spec).__name__}")
+            raise ConfigurationError(f"thermal normalisation spec must be a str or dict, got {type(spec).__name__}")
         name, _, args = spec.strip().partition(":")
         if not args:
             return cls(name=name.strip())
         try:
             values = [float(v) for v in args.split(",")]
         except ValueError:
-            raise ValueError(f"bad thermal normalisation spec {spec!r}: parameters must be numbers") from None
+            raise ConfigurationError(f"bad thermal normalisation spec {spec!r}: parameters must be numbers") from None
         if len(values) != 2 or name.strip() not in ("fixed", "percentile"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"bad thermal normalisation spec {spec!r}; use 'fixed', 'fixed:LO,HI', 'minmax', "
                 "'percentile' or 'percentile:P_LO,P_HI'"
             )
@@ -171,7 +173,7 @@ class ThermalNormalization:
         if np_dtype.kind == "f":
             bad = int((~torch.isfinite(x)).sum())
             if bad:
-                raise ValueError(
+                raise InputError(
                     f"thermal image contains {bad} non-finite value(s) (NaN/inf); mask or replace them "
                     "before inference"
                 )
@@ -181,7 +183,7 @@ class ThermalNormalization:
             elif np_dtype in _DEFAULT_FIXED_RANGE:
                 lo, hi = _DEFAULT_FIXED_RANGE[np_dtype]
             else:
-                raise ValueError(
+                raise InputError(
                     f"thermal normalisation 'fixed' needs an explicit range for {np_dtype} thermal "
                     "(e.g. 'fixed:-20,60' in the image's units), or use 'minmax'/'percentile'"
                 )
@@ -216,18 +218,18 @@ def _thermal_to_float_tensor(
     """(H, W) thermal -> float32 tensor on `device`, plus the original (numpy) dtype."""
     if isinstance(thermal, torch.Tensor):
         if thermal.dtype not in _TORCH_TO_NUMPY_DTYPE:
-            raise ValueError(f"thermal dtype must be uint8, uint16, float32 or float64, got {thermal.dtype}")
+            raise InputError(f"thermal dtype must be uint8, uint16, float32 or float64, got {thermal.dtype}")
         np_dtype = np.dtype(_TORCH_TO_NUMPY_DTYPE[thermal.dtype])
         t = thermal
     elif isinstance(thermal, np.ndarray):
         np_dtype = thermal.dtype
         if np_dtype not in [np.dtype(d) for d in THERMAL_DTYPES]:
-            raise ValueError(f"thermal dtype must be uint8, uint16, float32 or float64, got {np_dtype}")
+            raise InputError(f"thermal dtype must be uint8, uint16, float32 or float64, got {np_dtype}")
         t = torch.from_numpy(_writable_contiguous(thermal))
     else:
-        raise ValueError(f"thermal must be a numpy array or torch tensor, got {type(thermal).__name__}")
+        raise InputError(f"thermal must be a numpy array or torch tensor, got {type(thermal).__name__}")
     if t.dim() != 2 or t.numel() == 0:
-        raise ValueError(f"thermal must be a non-empty (H, W) image, got shape {tuple(t.shape)}")
+        raise InputError(f"thermal must be a non-empty (H, W) image, got shape {tuple(t.shape)}")
     if t.dtype == torch.uint16:
         # uint16 is a limited dtype in torch: cast it where the cast is certain to exist (CPU), exactly.
         t = t.to("cpu").to(torch.float32)
@@ -267,9 +269,9 @@ def _palette_lut(palette: "Sequence[Sequence[int]] | np.ndarray") -> tuple[np.nd
     """A 256-entry colour lookup table (uint8, (256, 3)) from an (N, 3) palette, and N."""
     pal = np.asarray(palette)
     if pal.ndim != 2 or pal.shape[1] != 3 or not 1 <= pal.shape[0] <= IGNORE_LABEL:
-        raise ValueError(f"palette must be (N, 3) with 1 <= N <= {IGNORE_LABEL}, got shape {pal.shape}")
+        raise ConfigurationError(f"palette must be (N, 3) with 1 <= N <= {IGNORE_LABEL}, got shape {pal.shape}")
     if pal.min() < 0 or pal.max() > 255:
-        raise ValueError("palette colours must be within 0..255")
+        raise ConfigurationError("palette colours must be within 0..255")
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[: pal.shape[0]] = pal
     return lut, pal.shape[0]
@@ -277,10 +279,10 @@ def _palette_lut(palette: "Sequence[Sequence[int]] | np.ndarray") -> tuple[np.nd
 
 def _check_labels(labels: np.ndarray, num_colors: int) -> None:
     if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise ValueError(f"labels must be (H, W) uint8, got {labels.dtype} with shape {labels.shape}")
+        raise InputError(f"labels must be (H, W) uint8, got {labels.dtype} with shape {labels.shape}")
     unknown = (labels >= num_colors) & (labels != IGNORE_LABEL)
     if unknown.any():
-        raise ValueError(
+        raise InputError(
             f"labels contain ids without a palette colour (palette has {num_colors}): "
             f"{sorted(np.unique(labels[unknown]).tolist())[:10]}"
         )
@@ -307,13 +309,13 @@ def overlay(
     Pixels labelled IGNORE_LABEL (255) keep the image's colour. Returns (H, W, 3) uint8.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+        raise InputError(f"alpha must be within [0, 1], got {alpha}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.dtype} with shape {rgb.shape}")
+        raise InputError(f"rgb must be (H, W, 3) uint8, got {rgb.dtype} with shape {rgb.shape}")
     lut, num_colors = _palette_lut(palette)
     _check_labels(labels, num_colors)
     if labels.shape != rgb.shape[:2]:
-        raise ValueError(f"labels {labels.shape} and image {rgb.shape[:2]} differ in size")
+        raise InputError(f"labels {labels.shape} and image {rgb.shape[:2]} differ in size")
     colors = lut[labels].astype(np.float32)
     blended = (rgb.astype(np.float32) * (1.0 - alpha) + colors * alpha + 0.5).astype(np.uint8)
     return np.where((labels == IGNORE_LABEL)[..., None], rgb, blended)

@@ -51,6 +51,8 @@ from collections.abc import Callable, Mapping
 import cv2
 import numpy as np
 
+from .constants import LUMA_BT601
+
 FUSION_METRIC_NAMES: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 _LEVELS = 256  # grey levels of an 8-bit image: the bins of EN and MI
@@ -72,7 +74,8 @@ def luma_u8(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     c = rgb.astype(np.uint32)
-    y = (19595 * c[..., 0] + 38470 * c[..., 1] + 7471 * c[..., 2] + 32768) >> 16
+    r, g, b = (round(w * 65536) for w in LUMA_BT601)  # 19595, 38470, 7471
+    y = (r * c[..., 0] + g * c[..., 1] + b * c[..., 2] + 32768) >> 16
     return y.astype(np.uint8)
 
 

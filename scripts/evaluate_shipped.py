@@ -78,7 +78,7 @@ def segmentation_of_run(run_dir: Path, protocol: str, out: Path) -> dict:
         seg = report["segmentation"]
         results[name] = {key: seg[key] for key in ("mIoU", "per_class_iou", "mIoU_by_time", "num_images")}
     config = json.loads((run_dir / "run_config.json").read_text())
-    minutes = sum(row["seconds"] for row in json.loads((run_dir / "log.json").read_text())) / 60
+    minutes = sum(row.get("seconds", 0.0) for row in json.loads((run_dir / "log.json").read_text())) / 60
     return {"run": str(run_dir), "training_minutes": round(minutes, 1), "run_config": config, **results}
 
 

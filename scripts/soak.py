@@ -19,27 +19,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from mafs_ros.constants import RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC
 from mafs_ros.msg import FusedSegmentation
 from mafs_ros.ros.bench_node import StandInEngine
-from mafs_ros.ros.conversions import numpy_to_image
 from mafs_ros.ros.diagnostics import PAIR_REJECTIONS
+from mafs_ros.ros.in_process import InProcessRos
 from mafs_ros.ros.node import MafsNode
 from mafs_ros.stamps import set_stamp
+from mafs_ros.stream.conversions import numpy_to_image
 
 # Median latency may wander by scheduling noise (a 2-core CI machine runs other jobs); more than this is growth.
 LATENCY_SLACK_MS = 25.0
@@ -125,40 +121,15 @@ class SoakResult:
         ])
 
 
-class _SoakLoop:
+class _SoakLoop(InProcessRos):
     """The node under test and a camera node beside it in a DDS domain of their own, spun by a thread."""
 
     def __init__(self, engine: Any) -> None:
-        self.context = Context()
         # Away from the default domain 0, so that a robot's running nodes do not mix in.
-        domain_id = int(os.environ.get("MAFS_SOAK_DOMAIN_ID", 200 + os.getpid() % 30))
-        rclpy.init(context=self.context, domain_id=domain_id)
+        super().__init__("mafs_soak_camera", int(os.environ.get("MAFS_SOAK_DOMAIN_ID", 200 + os.getpid() % 30)))
+        self.camera = self.node
         self.node = MafsNode(engine=engine, context=self.context)
-        self.camera = Node("mafs_soak_camera", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.camera)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - the context is shut down at the end
-            pass
-
-    def wait_for(self, condition: Any, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return condition()
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        for node in (self.node, self.camera):
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(5.0)
+        self.add_node(self.node)
 
 
 def run_soak(duration_s: float, *, infer_s: float = 0.04, size: tuple[int, int] = (96, 128), warmup_s: float = 10.0,

@@ -1,6 +1,7 @@
 """Session set-up and fixtures shared by every test module."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,13 @@ from mafs_ros.ros.transport import use_large_image_profile
 # users are told to configure for images is set here, before any of them: otherwise the first test to create one
 # decides for all the others (the demo's player then sent 640x480 frames over fragmented UDP and lost them).
 use_large_image_profile(os.environ)
+# The onnxruntime backend (the default on a CPU) caches the graphs it exports per user; the tests keep theirs in
+# a folder of their own, shared by the processes they start, so that the user's cache is never touched.
+os.environ["MAFS_ROS_CACHE"] = tempfile.mkdtemp(prefix="mafs_ros_test_cache_")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; scripts/gpu_check.sh runs them)")
 
 
 @pytest.fixture

@@ -11,15 +11,12 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mafs_ros.ros.conversions import numpy_to_image
+from mafs_ros.ros.in_process import InProcessRos
 from mafs_ros.stamps import set_stamp
+from mafs_ros.stream.conversions import numpy_to_image
 
 PAIR_SIZE = (128, 160)  # (H, W): the sample pairs the node tests send (`mafs_ros.io.samples.sample_pairs`)
 # One DDS domain per test process, away from the default 0, so parallel runs and other ROS users do not mix.
@@ -33,33 +30,16 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) ->
     return msg
 
 
-class RosHarness:
-    """Owns a Context, an executor spinning in a thread, and a test node that publishes inputs and records
-    every message it subscribes to (`received[topic]`)."""
+class RosHarness(InProcessRos):
+    """The package's in-process runner (`mafs_ros.ros.in_process`) in the tests' DDS domain, whose helper node
+    publishes inputs and records every message it subscribes to (`received[topic]`)."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins (see node.py)
-        self.node = Node("mafs_test_harness", context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("mafs_test_harness", DOMAIN_ID)
         self.received: dict[str, list[Any]] = defaultdict(list)
         self._lock = threading.Lock()
         self._publishers: dict[str, Any] = {}
         self._subscribed: list[str] = []
-        self._nodes: list[Node] = []
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - the context is shut down at teardown
-            pass
-
-    def add_node(self, node: Node) -> None:
-        self.executor.add_node(node)
-        self._nodes.append(node)
 
     def publisher(self, msg_type: type, topic: str, reliable: bool = False) -> Any:
         if topic not in self._publishers:
@@ -88,12 +68,7 @@ class RosHarness:
             return list(self.received[topic])
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.02)
-        return condition()
+        return super().wait_for(condition, timeout_s)
 
     def wait_for_subscribers(self, topics: list[str], timeout_s: float = 10.0) -> None:
         ok = self.wait_for(
@@ -105,15 +80,6 @@ class RosHarness:
         outputs = [t for t in self._subscribed if t != "/diagnostics"]
         self.wait_for(lambda: all(self.node.count_publishers(t) > 0 for t in outputs), timeout_s)
         time.sleep(0.3)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        # Destroyed explicitly: a participant left to the garbage collector can linger in discovery and be
-        # "matched" by the next test's publishers.
-        for node in self._nodes + [self.node]:
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(5.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

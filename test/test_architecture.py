@@ -28,17 +28,16 @@ MAX_FUNCTION_LINES = 80
 # placed here (a module in no layer fails the test).
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
-        "mafs_ros", "mafs_ros.constants", "mafs_ros.stamps", "mafs_ros.stats", "mafs_ros.class_sets",
-        "mafs_ros.metrics", "mafs_ros.io", "mafs_ros.reports", "mafs_ros.bags", "mafs_ros.ros",
-        "mafs_ros.ros.conversions", "mafs_ros.ros.pairing", "mafs_ros.ros.registration", "mafs_ros.ros.frames",
-        "mafs_ros.ros.frame_loss", "mafs_ros.ros.results", "mafs_ros.ros.transport", "mafs_ros.ros.worker",
+        "mafs_ros", "mafs_ros.constants", "mafs_ros.errors", "mafs_ros.stamps", "mafs_ros.stats",
+        "mafs_ros.class_sets", "mafs_ros.metrics", "mafs_ros.io", "mafs_ros.reports", "mafs_ros.bags",
+        "mafs_ros.stream", "mafs_ros.ros", "mafs_ros.ros.transport", "mafs_ros.ros.worker",
     ),
     "core": ("mafs_ros.imaging", "mafs_ros.model", "mafs_ros.checkpoint", "mafs_ros.backends", "mafs_ros.engine"),
     "workflows": (
         "mafs_ros.train", "mafs_ros.evaluate", "mafs_ros.export", "mafs_ros.bench", "mafs_ros.calibrate",
         "mafs_ros.edge_alignment", "mafs_ros.replay", "mafs_ros.demo", "mafs_ros.ros.node",
         "mafs_ros.ros.parameters", "mafs_ros.ros.lifecycle", "mafs_ros.ros.outputs", "mafs_ros.ros.diagnostics",
-        "mafs_ros.ros.bench_node",
+        "mafs_ros.ros.bench_node", "mafs_ros.ros.in_process",
     ),
     "shells": ("mafs_ros.cli", "mafs_ros.__main__", "mafs_ros.train.__main__"),
 }
@@ -192,15 +191,15 @@ def test_every_module_is_in_a_layer_and_imports_only_its_own_layer_and_below():
 # What loads torch
 
 
-def imports_torch(*python_args: str) -> tuple[bool, subprocess.CompletedProcess]:
-    """Run `python -X importtime *python_args` in a fresh interpreter; whether it imported torch (or any torch
-    submodule), judged from the import-time log on stderr, and the finished process."""
+def imports_torch(*python_args: str, package: str = "torch") -> tuple[bool, subprocess.CompletedProcess]:
+    """Run `python -X importtime *python_args` in a fresh interpreter; whether it imported `package` (or any of
+    its submodules), judged from the import-time log on stderr, and the finished process."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     process = subprocess.run([sys.executable, "-X", "importtime", *python_args], capture_output=True, text=True,
                              cwd=REPO, env=environment, timeout=120)
     imported = [line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines()
                 if line.startswith("import time:")]
-    return any(name == "torch" or name.startswith("torch.") for name in imported), process
+    return any(name == package or name.startswith(package + ".") for name in imported), process
 
 
 def test_the_torch_check_sees_torch():
@@ -216,8 +215,18 @@ def torch_free_modules() -> list[str]:
 
 def test_the_bag_reader_metrics_io_conversion_and_pairing_modules_are_checked_for_torch():
     named = {"mafs_ros.cli", "mafs_ros.bags.reader", "mafs_ros.metrics", "mafs_ros.io", "mafs_ros.io.images",
-             "mafs_ros.ros.conversions", "mafs_ros.ros.pairing", "mafs_ros.ros.registration", "mafs_ros.class_sets"}
+             "mafs_ros.stream.conversions", "mafs_ros.stream.pairing", "mafs_ros.stream.registration",
+             "mafs_ros.class_sets"}
     assert named <= set(torch_free_modules())
+
+
+@pytest.mark.parametrize("module", sorted(name for name in package_modules() if name.startswith("mafs_ros.stream")))
+def test_the_stream_logic_runs_without_ros_and_torch(module):
+    """mafs_ros.stream holds what the node, replay and calibrate share about image streams (conversions,
+    pairing, registration, frames, results): none of it may need rclpy (replay and calibrate run without ROS)."""
+    loaded, process = imports_torch("-c", f"import {module}", package="rclpy")
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert not loaded, f"importing {module} imports rclpy"
 
 
 @pytest.mark.parametrize("module", torch_free_modules())

@@ -22,7 +22,7 @@ from mafs_ros.constants import (
     THERMAL_TOPIC,
     absolute_topic,
 )
-from mafs_ros.ros.conversions import image_to_numpy
+from mafs_ros.stream.conversions import image_to_numpy
 from mafs_ros.stamps import stamp_ns
 
 ROOT = Path(__file__).resolve().parents[1]

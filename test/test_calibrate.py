@@ -31,7 +31,7 @@ from mafs_ros.calibrate import (
 )
 from mafs_ros.cli import engine_options
 from mafs_ros.edge_alignment import grid_error, map_points
-from mafs_ros.ros.registration import read_homography_file, registration_params_yaml
+from mafs_ros.stream.registration import read_homography_file, registration_params_yaml
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 # Three sample pairs with structure all over the image; one homography for all of them, as for a rig.

@@ -232,10 +232,12 @@ def test_packaged_default_loads(caplog):
         assert "UNTRAINED" in caplog.text and "UNTRAINED" in ckpt.description
     else:  # a shipped trained checkpoint says how it was made and what it scored
         assert "UNTRAINED" not in caplog.text
-        assert {"recipe", "data", "msrs_sample_fusion_mean", "segmentation_validation"} <= set(ckpt.extra)
-
-        def held_out(run_config: dict) -> bool:
-            return any(src["exclude"] for src in run_config["data"]["train"] if "mfnet" in src["root"])
-
-        if not held_out(ckpt.extra["run_config"]):  # trained on the validation frames: validated by another run
-            assert held_out(ckpt.extra["validation_run"]["run_config"])
+        assert {"recipe", "data", "msrs_sample_fusion_mean", "validation", "class_offsets"} <= set(ckpt.extra)
+        # Trained on every labelled frame, so validated by runs of the same recipe under both protocols, each
+        # next to the FPN baseline trained for the same time on the same frames.
+        assert ckpt.extra["run_config"]["data"]["protocol"] == "none"
+        for protocol in ("block", "interleaved"):
+            validation = ckpt.extra["validation"][protocol]
+            assert validation["run_config"]["data"]["protocol"] == protocol
+            assert 0.0 < validation["both"]["mIoU"] < 1.0 and 0.0 < validation["fpn_baseline"]["val"]["all"]["mIoU"] < 1.0
+            assert {"blank_rgb", "blank_thermal"} <= set(validation)

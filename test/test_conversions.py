@@ -1,4 +1,4 @@
-"""mafs_ros.ros.conversions: sensor_msgs/Image <-> numpy without cv_bridge.
+"""mafs_ros.stream.conversions: sensor_msgs/Image <-> numpy without cv_bridge.
 
 Messages are built here byte by byte (independently of `numpy_to_image`) in three flavours: real rclpy
 `sensor_msgs.msg.Image` (data is array.array('B')), a rosbags-like stand-in whose data is a numpy uint8 array,
@@ -15,7 +15,7 @@ import pytest
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from mafs_ros.ros.conversions import (
+from mafs_ros.stream.conversions import (
     MAX_PIXELS,
     THERMAL_ENCODINGS,
     VISIBLE_ENCODINGS,
@@ -457,7 +457,7 @@ def test_wrong_encoding_for_the_stream(convert, encoding):
 
 def test_module_imports_neither_rclpy_nor_torch():
     code = (
-        "import sys, mafs_ros.ros.conversions; "
+        "import sys, mafs_ros.stream.conversions; "
         "bad = [m for m in ('rclpy', 'torch', 'sensor_msgs') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

@@ -43,6 +43,7 @@ def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolat
     assert set(result_stamps) <= rgb_stamps  # outputs carry the RGB input's stamp
     for name in ("report.md", "node.log"):
         assert (out / name).is_file()
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in (out / "node.log").read_text()  # Fast DDS 3's deprecation WARN
     printed = capsys.readouterr().out
     assert "pairs fused:" in printed and "mean fusion metrics:" in printed and "latency:" in printed
 

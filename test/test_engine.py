@@ -185,7 +185,7 @@ def test_real_model_from_checkpoint(tmp_path):
     model = build_model(get_config("mafs-lite"))
     path = save_checkpoint(tmp_path / "lite.safetensors", model, MFNET.class_names, MFNET.palette,
                            thermal_normalization="percentile", trained=False, description="UNTRAINED test")
-    engine = MafsEngine(path, device="cpu")
+    engine = MafsEngine(path, device="cpu", backend="torch")
     assert engine.checkpoint_trained is False and engine.checkpoint_path == path
     assert engine.class_names == MFNET.class_names and engine.palette.shape == (9, 3)
     assert str(engine.thermal_normalization) == "percentile:1,99"

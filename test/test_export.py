@@ -49,7 +49,7 @@ def fixed_export(tmp_path_factory) -> tuple[int, str, Path]:
 
 @pytest.fixture(scope="module")
 def torch_engine() -> MafsEngine:
-    return MafsEngine(None, device="cpu")
+    return MafsEngine(None, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_fold_refuses_a_training_model() -> None:
 
 
 def test_eval_forward_skips_the_deep_supervision_maps_and_training_keeps_them() -> None:
-    net = build_model(get_config("mafs-lite", num_classes=9))
+    net = build_model(get_config("mafs-tiny", num_classes=9))
     vi, ir = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
     assert len(net(vi, ir).aux) == 6
     with torch.no_grad():
@@ -83,12 +83,12 @@ def test_optimized_engine_matches_the_plain_one_and_leaves_the_callers_model_alo
 
 
 def test_engine_from_a_checkpoint_is_optimized_channels_last() -> None:
-    engine = MafsEngine(device="cpu")
+    engine = MafsEngine(device="cpu", backend="torch")  # the default on a CPU is onnxruntime (test_onnxruntime_cache.py)
     assert engine.optimized
     conv = next(m for m in engine.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(p.requires_grad for p in engine.model.parameters())
-    assert MafsEngine(device="cpu", optimize=False).optimized is False
+    assert MafsEngine(device="cpu", backend="torch", optimize=False).optimized is False
 
 
 def test_network_inputs_are_what_the_model_sees() -> None:
@@ -154,7 +154,9 @@ def test_cli_bench_writes_json_records_and_a_table_with_the_node(tmp_path, capsy
     assert {r["what"] for r in records} == {"engine", "eager_reference", "node_end_to_end", "node_overhead"}
     overhead = next(r for r in records if r["what"] == "node_overhead")
     assert overhead["runs"] >= 50 and 0 < overhead["median_ms"] < 50
-    assert "| engine | mafs-lite | cpu | fp32 | 1 | 64x96 |" in (tmp_path / "bench.md").read_text()
+    engine = next(r for r in records if r["what"] == "engine")
+    assert engine["backend"] == "onnxruntime" and engine["compute_floor_ms"] > 0  # the default CPU engine
+    assert "| engine | mafs-lite | onnxruntime | cpu | fp32 | 1 | 64x96 |" in (tmp_path / "bench.md").read_text()
     assert "pairs/s" in capsys.readouterr().out
     assert main(["bench", "--sizes", "64"]) == 2
 

@@ -11,6 +11,7 @@ import time
 import weakref
 
 import pytest
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -165,6 +166,20 @@ def test_a_failed_configure_says_why_and_leaves_the_node_unconfigured(ros):
     # Unconfigured, the parameters read by configure may change; configured, they may not.
     assert node.set_parameters([Parameter("checkpoint", value="/elsewhere/model.safetensors")])[0].successful
     assert not node.set_parameters([Parameter("lifecycle", value=False)])[0].successful
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cleanup_gives_the_gpu_memory_back(ros):
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    managed_node(ros, device="cuda")
+    lifecycle = LifecycleClient(ros)
+    assert lifecycle.transition("configure")
+    assert torch.cuda.memory_allocated() > before
+    assert lifecycle.transition("cleanup")
+    assert torch.cuda.memory_allocated() == before
 
 
 def test_configured_parameters_wait_for_cleanup(ros):

@@ -108,21 +108,16 @@ def test_encoder_registry() -> None:
 def test_mafs_lite_outputs_at_the_input_size(size: tuple[int, int]) -> None:
     net = build_model(get_config("mafs-lite", num_classes=9))
     vi, ir = torch.rand(2, 3, *size), torch.rand(2, 1, *size)
-    out = net(vi, ir)  # train mode: with the six deep-supervision maps
-    assert out.semantic.shape == (2, 9, *size) and out.fused.shape == (2, 1, *size)
-    assert [tuple(a.shape) for a in out.aux] == [(2, c, *size) for c in (2, 9, 2, 9, 2, 9)]
+    out = net(vi, ir)
+    assert out.semantic.shape == (2, 9, *size) and out.fused.shape == (2, 1, *size) and out.aux == ()
     (out.semantic.mean() + out.fused.mean()).backward()
-    assert net.trunk_thermal.conv_stem.weight.grad is not None and net.composer.maps.weight.grad is not None
-    net.eval()
-    with torch.no_grad():
-        assert net(vi, ir).aux == ()
+    assert net.trunk.conv_stem.weight.grad is not None and net.composer.maps.weight.grad is not None
     with pytest.raises(ValueError, match="differ"):
         net(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 32, 64))
-    net.train()
     half = (size[0] // 2, size[1] // 2)
     out = net(vi, ir, seg_size=half)  # training losses at a lower resolution: only the segmentation maps shrink
     assert out.semantic.shape == (2, 9, *half) and out.fused.shape == (2, 1, *size)
-    assert [tuple(a.shape[-2:]) for a in out.aux] == [half] * 6
+    assert net(vi, ir, with_fusion=False).fused is None  # a segmentation-only training step
 
 
 def test_untrained_fusion_starts_as_a_soft_max_of_the_sources() -> None:
@@ -149,7 +144,7 @@ def test_inference_rewrite_keeps_the_outputs() -> None:
 
         folded = prepare_for_inference(copy.deepcopy(net), torch.device("cpu"))
         out = folded(vi.contiguous(memory_format=torch.channels_last), ir.contiguous(memory_format=torch.channels_last))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.trunk_rgb.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.trunk.modules())
     torch.testing.assert_close(out.semantic, reference.semantic, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out.fused, reference.fused, atol=1e-4, rtol=1e-4)
 
@@ -203,14 +198,14 @@ def test_trainer_starts_mafs_lite_from_imagenet_and_scales_its_encoder_lr(tmp_pa
     cfg.optim.encoder_lr_scale = 0.1
     trainer = Trainer(cfg)
     assert [p.stem for p in trainer.train_pairs] == ["00587D", "01409D", "01599D"] * 2
-    reference = EfficientNetLite0(in_channels=1)
+    reference = EfficientNetLite0(in_channels=3)
     load_imagenet_weights(reference)
-    torch.testing.assert_close(trainer.net.trunk_thermal.conv_stem.weight, reference.conv_stem.weight)
+    torch.testing.assert_close(trainer.net.trunk.conv_stem.weight[:, :3], reference.conv_stem.weight)
     optimizer = build_optimizer(trainer.net, cfg.optim)
     scales = [group["lr_scale"] for group in optimizer.param_groups]
     assert scales == [1.0, 0.1]
     encoder = {id(p) for p in optimizer.param_groups[1]["params"]}
-    assert id(trainer.net.trunk_rgb.conv_stem.weight) in encoder and id(trainer.net.composer.maps.weight) not in encoder
+    assert id(trainer.net.trunk.conv_stem.weight) in encoder and id(trainer.net.composer.maps.weight) not in encoder
 
     cfg.stage1.epochs = 1
     with pytest.raises(ValueError, match="Stage I .* set stage1.epochs to 0"):
@@ -224,41 +219,40 @@ def test_trainer_starts_mafs_lite_from_imagenet_and_scales_its_encoder_lr(tmp_pa
         Trainer(cfg)
 
 
-def _finest_level_gradient(net: MafsLiteNet, size: tuple[int, int] = (64, 96)) -> float:
-    """How much the final segmentation map depends on the finest encoder level (stride 4 of the encoder input):
-    the gradient it sends there, 0 when it sends none. That level is what the MAFS decoder hands the CAM F3
-    map, and what the FPN's first lateral takes."""
+def _fine_level_gradients(net: MafsLiteNet, size: tuple[int, int] = (64, 96)) -> tuple[float, float]:
+    """How much the final segmentation map depends on the encoder's finest level (stride 4 of the encoder
+    input, the FPN's first lateral) and on its stem (stride 2, the refinement): the gradient it sends to each,
+    0 where it sends none."""
     reached: dict[str, torch.Tensor] = {}
 
-    def keep(_module, inputs, output=None) -> None:
-        tensor = output if output is not None else inputs[0]
-        tensor.retain_grad()
-        reached["features"] = tensor
+    def keeper(name: str):
+        def keep(_module, inputs) -> None:
+            inputs[0].retain_grad()
+            reached[name] = inputs[0]
+        return keep
 
-    if net.early_fusion:
-        hook = net.fpn.lateral[0].register_forward_pre_hook(keep)
-    else:
-        hook = net.cam[0].register_forward_hook(keep)
+    hooks = [net.fpn.lateral[0].register_forward_pre_hook(keeper("stride4")),
+             net.fpn.fine_lateral.register_forward_pre_hook(keeper("stride2"))]
     net.eval()
     net(torch.rand(1, 3, *size), torch.rand(1, 1, *size)).semantic.sum().backward()
-    hook.remove()
-    grad = reached["features"].grad
-    return 0.0 if grad is None else float(grad.abs().sum())
+    for hook in hooks:
+        hook.remove()
+    grads = (reached["stride4"].grad, reached["stride2"].grad)
+    return tuple(0.0 if g is None else float(g.abs().sum()) for g in grads)
 
 
-def test_the_segmentation_map_reads_the_finest_level() -> None:
-    """Why the shipped mafs-lite never predicts curbs: its decoder (transformer decoder from F6,
-    `transformer_level: 3`) builds the map from the 1/16 and 1/8 FPN levels of a half-size input, and F3 reaches
-    the deep-supervision heads only. A curb is a few pixels high; on frames it trained on, its finest aux head
-    scores curve 0.25 IoU and the map 0.00 (docs/TRAINING.md). Both candidates read F3."""
-    assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=3))) == 0.0
-    assert _finest_level_gradient(build_model(get_config("mafs-lite", transformer_level=2))) > 0.0
-    assert _finest_level_gradient(build_model(get_config("mafs-lite-ef"))) > 0.0
+def test_the_segmentation_map_reads_the_fine_levels() -> None:
+    """Why the earlier two-stream mafs-lite never predicted curbs: its class map came from a transformer decoder
+    started at F6 and the 1/16 and 1/8 levels of a half-size input; F3 reached only the deep-supervision heads,
+    whose finest one did score curbs (docs/TRAINING.md). A curb is a few pixels high: the map must read the
+    stride-4 level and the stride-2 stem."""
+    stride4, stride2 = _fine_level_gradients(build_model(get_config("mafs-lite")))
+    assert stride4 > 0.0 and stride2 > 0.0
 
 
-def test_early_fusion_mafs_lite_outputs_and_imagenet_stem() -> None:
-    net = build_model(get_config("mafs-lite-ef", num_classes=9))
-    assert not hasattr(net, "trunk_rgb") and net.trunk.conv_stem.in_channels == 4
+def test_mafs_lite_trunk_takes_four_channels_from_imagenet() -> None:
+    net = build_model(get_config("mafs-lite", num_classes=9))
+    assert net.trunk.conv_stem.in_channels == 4
     vi, ir = torch.rand(2, 3, 64, 96), torch.rand(2, 1, 64, 96)
     out = net(vi, ir, seg_size=(32, 48))
     assert out.semantic.shape == (2, 9, 32, 48) and out.fused.shape == (2, 1, 64, 96) and out.aux == ()

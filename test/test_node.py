@@ -23,7 +23,9 @@ from stand_in_net import NUM_CLASSES, KnownNet
 
 from mafs_ros.engine import MafsEngine
 from mafs_ros.io.samples import sample_pairs
-from mafs_ros.ros.conversions import image_to_numpy
+from mafs_ros.stream.conversions import image_to_numpy
+from mafs_ros.stream.processing import process_pair
+from mafs_ros.stream.registration import parse_homography
 from mafs_ros.ros.node import MafsNode
 from mafs_ros.ros.parameters import PARAMETERS, StartupError
 
@@ -347,11 +349,15 @@ def test_inference_errors_are_reported_and_the_node_continues(ros):
 
 def test_homography_warps_thermal_into_rgb(ros):
     # thermal pixel (x, y) -> RGB pixel (x + 10, y): the labels (from thermal) move 10 px right
-    start_node(ros, **{"registration.homography": [1.0, 0.0, 10.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]})
+    homography = [1.0, 0.0, 10.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    start_node(ros, **{"registration.homography": homography})
     (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
     publish_pair(ros, rgb, thermal, T0, T0)
     assert ros.wait_for(lambda: len(results(ros)) == 1)
     labels = image_to_numpy(results(ros)[0].labels)
+    # The per-pair step that mafs replay and the recording report share (test_replay.py checks them against it).
+    expected_pair = process_pair(stand_in_engine(), rgb, thermal, parse_homography(homography))
+    assert np.array_equal(image_to_numpy(results(ros)[0].fused), expected_pair.result.fused_rgb)
     expected = np.minimum(thermal.astype(np.int64) * NUM_CLASSES // 255, 8)
     np.testing.assert_array_equal(labels[:, 10:], expected[:, :-10])
     assert np.all(labels[:, :10] == 0)  # outside the warped thermal image: zero thermal
@@ -590,3 +596,13 @@ def test_executable_refuses_bad_checkpoint_and_device(ros_args, expected):
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, output
     assert expected in output and "Traceback" not in output
+
+
+def test_help_prints_every_parameter_and_starts_nothing(capsys):
+    from mafs_ros.ros.node import main
+    from mafs_ros.ros.parameters import PARAMETERS
+
+    assert main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: mafs_node") and all(f"  {name} = " in printed for name in PARAMETERS)
+    assert "backend = 'auto'" in printed

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from mafs_ros.ros.pairing import SKEW_WINDOW, ApproximateTimePairer, Pair, PairingStats
+from mafs_ros.stream.pairing import SKEW_WINDOW, ApproximateTimePairer, Pair, PairingStats
 
 MS = 1_000_000  # ns
 

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from bag_helpers import small_pairs
 from test_replay import _copy_with, _error_lines, _frame_pairs, assert_replayed_up_to_the_cut
 
@@ -112,7 +113,7 @@ def test_an_inference_failure_is_counted_and_the_replay_goes_on(tmp_path, replay
     def out_of_memory_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise RuntimeError("CUDA out of memory (simulated)")
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return infer(*args, **kwargs)
 
     monkeypatch.setattr(engine, "infer", out_of_memory_once)

@@ -34,9 +34,10 @@ from mafs_ros.constants import (
 from mafs_ros.imaging import thermal_u8
 from mafs_ros.metrics import ConfusionMatrix, fusion_metrics, luma_u8
 from mafs_ros.replay import ReplayError, replay, report_from_recording
-from mafs_ros.ros.conversions import image_to_numpy
-from mafs_ros.ros.pairing import ApproximateTimePairer
-from mafs_ros.ros.registration import warp_thermal_to_rgb
+from mafs_ros.stream.conversions import image_to_numpy
+from mafs_ros.stream.pairing import ApproximateTimePairer
+from mafs_ros.stream.processing import process_pair
+from mafs_ros.stream.registration import SizeMismatchError, warp_thermal_to_rgb
 from mafs_ros.stamps import stamp_ns, time_ns
 
 RGB, THERMAL, TRUTH, INFO = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC), absolute_topic(GROUND_TRUTH_TOPIC), absolute_topic(INFO_TOPIC)
@@ -291,6 +292,8 @@ def test_homography_registers_thermal_of_another_size(tmp_path, capsys, stand_in
     assert cli.main([*argv, "--out", str(tmp_path / "plain")]) == 1
     plain = json.loads((tmp_path / "plain" / "report.json").read_text())
     assert plain["skipped"] == {"size_mismatch": 3} and plain["pairs_fused"] == 0
+    with pytest.raises(SizeMismatchError, match="thermal 320x240 and RGB 640x480 differ; give the homography"):
+        process_pair(engine, np.zeros((480, 640, 3), np.uint8), np.zeros((240, 320), np.uint8), None)
     assert plain["registration"] == {"homography": None}
 
     values = [str(v) for v in homography.ravel()]
@@ -302,9 +305,12 @@ def test_homography_registers_thermal_of_another_size(tmp_path, capsys, stand_in
     for (_, rgb_msg), (_, thermal_msg), (_, fused_msg), entry in zip(
             got[RGB], got[THERMAL], got[FUSED], report["fusion"]["per_frame"]):
         rgb = image_to_numpy(rgb_msg)
+        # The node's per-pair step (test_node.py checks the node against the same function).
+        processed = process_pair(engine, rgb, image_to_numpy(thermal_msg), homography)
         thermal = warp_thermal_to_rgb(image_to_numpy(thermal_msg), homography, (rgb.shape[1], rgb.shape[0]))
+        assert np.array_equal(processed.thermal, thermal)
         fused = image_to_numpy(fused_msg)
-        assert np.array_equal(fused, engine.infer(rgb, thermal).fused_rgb)
+        assert np.array_equal(fused, processed.result.fused_rgb)
         assert entry["metrics"] == fusion_metrics(thermal_u8(engine, thermal), luma_u8(rgb), luma_u8(fused))
     recorded = report_from_recording(tmp_path / "out" / "bag", tmp_path / "rec", homography=homography.ravel())
     assert recorded["fusion"] == report["fusion"] and recorded["skipped"] == {}

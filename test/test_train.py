@@ -9,12 +9,14 @@ import socket
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from mafs_ros.cli import main
+from mafs_ros.model import build_model, get_config
 from mafs_ros.train.config import DataSource, TrainConfig, load_train_config
 from mafs_ros.train.data import label_pixel_counts
 from mafs_ros.train.losses import class_balance_weights
@@ -160,7 +162,7 @@ def test_train_command_reads_a_recipe(tmp_path: Path) -> None:
     recipe.write_text(
         f"out_dir: {tmp_path / 'cli'}\nbatch_size: 2\n"
         f"data: {{train: [{{root: {data}, layout: pairs}}], crop_size: 64, workers: 0, copy_paste: 1.0, "
-        "copy_paste_classes: [bump]}\n"
+        "rare_classes: [bump]}\n"
         "model: {config: mafs-tiny}\nstage1: {epochs: 1}\nstage2: {epochs: 1}\nloss: {seg_class_weighting: balanced}\n"
     )
     assert load_train_config(recipe).data.train[0].root == str(data)
@@ -251,10 +253,9 @@ def test_a_time_budget_ends_the_stage_validated_and_saved(tmp_path: Path) -> Non
 
 
 def test_the_early_fusion_trunk_takes_the_encoder_learning_rate(tmp_path: Path) -> None:
-    from mafs_ros.model import build_model, get_config
     from mafs_ros.train.trainer import build_optimizer
 
-    net = build_model(get_config("mafs-lite-ef"))
+    net = build_model(get_config("mafs-lite"))
     cfg = TrainConfig()
     cfg.optim.encoder_lr_scale = 0.2
     groups = build_optimizer(net, cfg.optim).param_groups
@@ -266,7 +267,7 @@ def test_the_early_fusion_trunk_takes_the_encoder_learning_rate(tmp_path: Path) 
 def test_fusion_losses_every_nth_step_leave_the_others_to_segmentation(tmp_path: Path) -> None:
     data = _tiles(tmp_path / "data")
     cfg = _config(data, tmp_path / "run", loss__fusion_every=3, data__crop_size=64)
-    cfg.model.config = "mafs-lite-ef"
+    cfg.model.config = "mafs-lite"
     cfg.stage1.epochs, cfg.stage2.epochs = 0, 1
     cfg.data.train = [DataSource(str(data), layout="pairs", repeat=3)]  # 12 pairs: 6 steps, fusion on 2
     trainer = Trainer(cfg)
@@ -280,3 +281,39 @@ def test_fusion_losses_every_nth_step_leave_the_others_to_segmentation(tmp_path:
         Trainer(_config(data, tmp_path / "tiny", loss__fusion_every=2))
     with pytest.raises(ValueError, match="must be >= 1"):
         Trainer(_config(data, tmp_path / "zero", loss__fusion_every=0))
+
+
+def test_class_offsets_let_a_learnt_but_outranked_class_win():
+    from mafs_ros.train.class_offsets import fit_class_offsets, miou_with
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    logits = rng.normal(0.0, 0.1, (3, 3000))
+    logits[labels, np.arange(3000)] += 1.0
+    logits[2] -= 1.0  # class 2: 0.5 below the background at its own pixels, 1.0 or more below the best elsewhere
+    logits[0, labels == 2] += 0.5
+    logp = logits - np.log(np.exp(logits).sum(0))
+    zero = np.zeros(3, np.float32)
+    offsets = fit_class_offsets(logp, labels)
+    assert offsets[0] == 0 and 0.5 < offsets[2] < 1.5
+    assert miou_with(logp, labels, offsets).per_class_iou()[2] > 0.9 > 0.1 > miou_with(logp, labels, zero).per_class_iou()[2]
+
+
+def test_class_offsets_are_fitted_at_the_end_and_folded_into_the_classifier(tmp_path: Path) -> None:
+    from mafs_ros.train.class_offsets import fold_into_classifier
+
+    data = _tiles(tmp_path / "data")
+    cfg = _config(data, tmp_path / "run", class_offsets=True, eval_every=100)
+    cfg.model.config = "mafs-lite"
+    cfg.stage1.epochs, cfg.stage2.epochs = 0, 1
+    cfg.data.val = [DataSource(str(data), layout="pairs")]
+    trainer = Trainer(cfg)
+    trainer.run()
+    history = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert history[-1]["stage"] == "class_offsets" and "val_mIoU" in history[-1]
+    offsets = torch.tensor([history[-1]["offsets"][name] for name in trainer.class_set.class_names])
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["pretrainer"]["net.classifier.bias"]
+    shipped = load_file(tmp_path / "run" / "model.safetensors")["classifier.bias"]
+    torch.testing.assert_close(shipped, trained + offsets)
+    with pytest.raises(ValueError, match="use config mafs-lite"):
+        fold_into_classifier(build_model(get_config("mafs-tiny")), np.zeros(9, np.float32))

@@ -420,6 +420,38 @@ def test_scene_augment_keeps_scenes_upright_and_maps_aligned():
     assert scaled["label"].shape == (56, 56)  # too small after scaling: scaled up to fit the crop
 
 
+def test_scene_augment_focus_puts_a_rare_class_in_every_crop():
+    h, w, crop = 96, 128, 32
+    label = np.zeros((h, w), dtype=np.int64)
+    label[90:93, 5:20] = 4  # a thin curb in a corner: a plain random crop mostly misses it
+    maps = {"label": label, "vi": np.zeros((3, h, w), np.float32)}
+    focused = [scene_augment(maps, np.random.default_rng(seed), crop_size=crop, scale_range=(1.0, 1.0), focus=[4])
+               for seed in range(30)]
+    plain = [scene_augment(maps, np.random.default_rng(seed), crop_size=crop, scale_range=(1.0, 1.0))
+             for seed in range(30)]
+    assert all((out["label"] == 4).any() for out in focused)
+    assert sum((out["label"] == 4).any() for out in plain) < 10
+    assert len({out["label"].tobytes() for out in focused}) > 5  # the curb lands at many places in the crop
+    absent = scene_augment(maps, np.random.default_rng(0), crop_size=crop, scale_range=(1.0, 1.0), focus=[7])
+    np.testing.assert_array_equal(absent["label"], plain[0]["label"])  # a class not in the frame: a plain crop
+
+
+def test_dataset_rare_crop_needs_scene_augmentation_and_a_probability(tmp_path):
+    _, (vi, ir, label) = _two_scenes()  # a cone in rows 4-11, cols 8-19 of 24x32
+    _make_pairs(tmp_path, [("a", vi, ir, label)], label_stems={"a"})
+    pairs = discover_pairs(tmp_path)
+    with pytest.raises(ValueError, match="rare_crop needs augment 'scene'"):
+        FusionSegDataset(pairs, crop_size=8, augment="none", rare_crop=0.5, rare_classes=["color_cone"])
+    with pytest.raises(ValueError, match="rare_crop must be a probability"):
+        FusionSegDataset(pairs, crop_size=8, augment="scene", rare_crop=2.0, rare_classes=["color_cone"])
+    focused = FusionSegDataset(pairs, crop_size=8, augment="scene", rare_crop=1.0, rare_classes=["color_cone"])
+    seen = []
+    for epoch in range(8):
+        focused.set_epoch(epoch)
+        seen.append(bool((focused[0]["label"] == 7).any()))
+    assert all(seen) and focused.rare_ids == [7]
+
+
 def test_dataset_keeps_images_label_and_derived_maps_aligned(tmp_path):
     # Images and label all functions of the pixel's (row, col), read back through the whole loader.
     h, w = 40, 56
@@ -481,20 +513,20 @@ def test_dataset_copy_paste_takes_donors_showing_the_classes(tmp_path):
                 label_stems={"a", "b"})
     pairs = discover_pairs(tmp_path)
     plain = FusionSegDataset(pairs, crop_size=None, augment="none")
-    pasting = FusionSegDataset(pairs, crop_size=None, augment="none", copy_paste=1.0, copy_paste_classes=["color_cone"])
-    assert [p.stem for p in pasting.donors] == ["b"] and pasting.paste_ids == [7]
+    pasting = FusionSegDataset(pairs, crop_size=None, augment="none", copy_paste=1.0, rare_classes=["color_cone"])
+    assert [p.stem for p in pasting.donors] == ["b"] and pasting.rare_ids == [7]
     item = pasting[0]
     np.testing.assert_array_equal(item["label"].numpy(), np.where(dlabel == 7, 7, 0))
     np.testing.assert_allclose(item["vi"].numpy()[:, 5, 9], dvi[5, 9] / 255.0, atol=1e-7)
     assert torch.equal(pasting[2]["label"], plain[2]["label"])  # unlabelled: nothing pasted
-    unused = FusionSegDataset(pairs, crop_size=8, copy_paste=0.0, copy_paste_classes=["color_cone"])
+    unused = FusionSegDataset(pairs, crop_size=8, copy_paste=0.0, rare_classes=["color_cone"])
     assert torch.equal(unused[0]["vi"], FusionSegDataset(pairs, crop_size=8)[0]["vi"])  # same draws
     assert label_pixel_counts(pairs + pairs, 9) == np.bincount(np.concatenate([label.ravel(), dlabel.ravel()]),
                                                                 minlength=9).tolist()
     with pytest.raises(ValueError, match=r"\['cones'\] are not classes"):
-        FusionSegDataset(pairs, copy_paste=0.5, copy_paste_classes=["cones"])
+        FusionSegDataset(pairs, copy_paste=0.5, rare_classes=["cones"])
     with pytest.raises(ValueError, match="probability"):
-        FusionSegDataset(pairs, copy_paste=1.5, copy_paste_classes=["bike"])
+        FusionSegDataset(pairs, copy_paste=1.5, rare_classes=["bike"])
 
 
 # ---------------------------------------------------------------------------------------------------------

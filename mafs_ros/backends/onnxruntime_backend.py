@@ -2,8 +2,7 @@
 
 MafsEngine uses it when its checkpoint is a path ending in .onnx; everything the engine needs besides the
 graph (config, class names, palette, input conventions, trained flag) comes from the file's metadata (the
-format is described in export.py; its names and version are in mafs_ros.constants). onnxruntime is an optional
-dependency: pip install 'mafs_ros[onnx]'.
+format is described in backends/onnx_export.py; its names and version are in mafs_ros.constants).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from ..constants import (
     ONNX_OUTPUT_NAMES,
     ONNX_VERSION_FIELD,
 )
+from ..errors import ConfigurationError, InputError, UnavailableError
 from ..model import MafsOutput
 from .base import LoadedNet
 
@@ -47,12 +47,12 @@ class OnnxRuntimeNet:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError(f"running {self.path} needs onnxruntime: pip install 'mafs_ros[onnx]'") from None
+            raise UnavailableError(f"running {self.path} needs onnxruntime: pip install onnxruntime") from None
 
         self._device = device
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
+                raise UnavailableError(
                     f"device {device} with an ONNX model needs onnxruntime's CUDAExecutionProvider (the "
                     f"onnxruntime-gpu package); this onnxruntime has {ort.get_available_providers()}"
                 )
@@ -62,13 +62,16 @@ class OnnxRuntimeNet:
         options = ort.SessionOptions()
         # The same thread budget as PyTorch's (the node and the CLI set it), not one thread per core.
         options.intra_op_num_threads = torch.get_num_threads()
+        # onnxruntime's threads spin after each run by default: they would hold the cores PyTorch's threads need
+        # for the engine's pre- and postprocessing (on 2 cores that doubled the postprocessing time).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise CheckpointError(f"{self.path} is not a usable ONNX model: {exc}") from exc
         # onnxruntime falls back to the CPU when the CUDA libraries fail to load; a GPU user wants to know.
         if device.type == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
-            raise RuntimeError(f"onnxruntime could not start its CUDA provider for {self.path} (see its log)")
+            raise UnavailableError(f"onnxruntime could not start its CUDA provider for {self.path} (see its log)")
 
         self.config, self.class_names, self.palette, self.inputs, self.trained = parse_metadata(
             self.path, self._read_metadata()
@@ -119,15 +122,15 @@ class OnnxRuntimeNet:
     def __call__(self, vi: torch.Tensor, ir: torch.Tensor) -> MafsOutput:
         size = (vi.shape[-2], vi.shape[-1])
         if self.input_size is not None and size != self.input_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.path.name} was exported for {self.input_size[0]}x{self.input_size[1]} network inputs, "
                 f"got {size[0]}x{size[1]}; export it at this size, or with a dynamic size (no --height/--width)"
             )
         m = self.inputs.size_multiple
         if size[0] % m or size[1] % m:
-            raise ValueError(f"network input {size[0]}x{size[1]} is not a multiple of {m}")
+            raise InputError(f"network input {size[0]}x{size[1]} is not a multiple of {m}")
         if vi.dtype != torch.float32 or ir.dtype != torch.float32:
-            raise ValueError(f"the ONNX model takes float32 inputs, got {vi.dtype} and {ir.dtype}")
+            raise InputError(f"the ONNX model takes float32 inputs, got {vi.dtype} and {ir.dtype}")
         feeds = {"visible": _to_numpy(vi), "thermal": _to_numpy(ir[:, :1])}
         if self._batch is None or self._batch == vi.shape[0]:
             fused, semantic = self._session.run(list(ONNX_OUTPUT_NAMES), feeds)
@@ -138,7 +141,7 @@ class OnnxRuntimeNet:
             ]
             fused, semantic = (np.concatenate(arrays) for arrays in zip(*runs))
         else:
-            raise ValueError(f"{self.path.name} was exported for batch {self._batch}, got {vi.shape[0]}")
+            raise InputError(f"{self.path.name} was exported for batch {self._batch}, got {vi.shape[0]}")
         return MafsOutput(
             semantic=torch.from_numpy(semantic).to(self._device), aux=(), fused=torch.from_numpy(fused).to(self._device)
         )
@@ -155,12 +158,12 @@ class OnnxRuntimeBackend:
         self, source: Any, device: torch.device, *, precision: str, optimize: bool | None, compile_mode: str
     ) -> LoadedNet:
         if precision != "fp32":
-            raise ValueError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
-                             "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (see the README)")
+            raise ConfigurationError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
+                             "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (docs/PERFORMANCE.md)")
         if optimize:
-            raise ValueError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
+            raise ConfigurationError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
         if compile_mode != "none":
-            raise ValueError("compile_mode does not apply to an ONNX model")
+            raise ConfigurationError("compile_mode does not apply to an ONNX model")
         net = OnnxRuntimeNet(source, device)
         return LoadedNet(
             net=net, backend=self.name, config=net.config, class_names=net.class_names, palette=net.palette,

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, InputConventions, build_model_from_checkpoint, load_checkpoint
 from ..class_sets import default_class_set
+from ..errors import ConfigurationError
 from ..model import MafsConfig
 from ..model.inference import prepare_for_inference
 from .base import LoadedNet
@@ -47,7 +48,7 @@ class TorchBackend:
     def _from_model(self, model: nn.Module, *, optimized: bool) -> LoadedNet:
         config = getattr(model, "config", None)
         if not isinstance(config, MafsConfig):
-            raise ValueError("the model needs its MafsConfig as `model.config` (use build_model())")
+            raise ConfigurationError("the model needs its MafsConfig as `model.config` (use build_model())")
         defaults = default_class_set(config.num_classes)
         return LoadedNet(
             net=copy.deepcopy(model) if optimized else model, backend=self.name, config=config,

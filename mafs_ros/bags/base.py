@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import MafsError
 
-class BagError(Exception):
+
+class BagError(MafsError):
     """A bag that cannot be opened or used; the message names the bag and the cause."""
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from ..constants import CAMERA_INFO_TYPE, IMAGE_TYPE, INFO_TYPE, RESULT_TYPE, absolute_topic
-from ..ros.conversions import numpy_to_image
+from ..stream.conversions import numpy_to_image
 from ..stamps import split_ns
 
 CUSTOM_TYPES = (RESULT_TYPE, INFO_TYPE)

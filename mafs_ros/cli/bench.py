@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..constants import BENCH_CONFIGS, COMPILE_MODES, PRECISION_NAMES
+from ..constants import BACKEND_NAMES, BENCH_CONFIGS, COMPILE_MODES, PRECISION_NAMES
 
 logger = logging.getLogger(__package__)
 
@@ -24,6 +24,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="(default: fp32 on CPU; fp32, fp16 and bf16 where supported on CUDA; fp16 is CUDA only)")
     parser.add_argument("--compile", default="none", choices=list(COMPILE_MODES),
                         help="time the engine compiled with torch.compile in this mode (default: none)")
+    parser.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
+                        help="the engine's backend (default auto: onnxruntime for fp32 on a CPU, else PyTorch)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per record (default: 50)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop a record's runs after this long, at least 3 runs (default: 120)")
@@ -36,7 +38,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import BenchPlan, markdown_table, precision_report, run_bench, write_outputs
+    from ..bench import BenchPlan, cpu_isa, markdown_table, precision_report, run_bench, write_outputs
 
     plan = BenchPlan.quick() if args.quick else BenchPlan()
     try:
@@ -52,15 +54,19 @@ def run_bench(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(plan, name, tuple(value) if isinstance(value, list) else value)
-    plan.node, plan.eager, plan.compile_mode = not args.no_node, not args.no_eager, args.compile
+    plan.node, plan.eager, plan.compile_mode, plan.backend = not args.no_node, not args.no_eager, args.compile, \
+        args.backend
 
     def progress(record) -> None:
         extra = f", {record.speedup_vs_eager:.2f}x eager" if record.speedup_vs_eager else ""
-        print(f"{record.what:16s} {record.config:16s} {record.device}/{record.precision} b{record.batch} "
+        if record.compute_floor_ms:
+            extra += f", compute floor {record.compute_floor_ms:.1f} ms"
+        backend = f" [{record.backend}]" if record.backend else ""
+        print(f"{record.what:16s} {record.config:16s}{backend} {record.device}/{record.precision} b{record.batch} "
               f"{record.height}x{record.width}: median {record.median_ms:.1f} ms, p95 {record.p95_ms:.1f} ms, "
               f"{record.pairs_per_s:.2f} pairs/s ({record.runs} runs{extra})", flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_isa()}, "
           f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}", flush=True)
     records = run_bench(plan, progress)
     extra = {}

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..constants import PRECISION_NAMES, SIZE_POLICIES
+from ..constants import BACKEND_NAMES, PRECISION_NAMES, SIZE_POLICIES
 
 if TYPE_CHECKING:
     from ..engine import MafsEngine
@@ -16,7 +16,7 @@ logger = logging.getLogger(__package__)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --device, --precision, --thermal-norm, --size-policy (see MafsEngine)."""
+    """--checkpoint, --device, --precision, --thermal-norm, --size-policy, --backend (see MafsEngine)."""
     group = parser.add_argument_group("model and device")
     group.add_argument("--checkpoint", type=Path, default=None,
                        help="mafs_ros checkpoint (.safetensors); default: the packaged one")
@@ -28,6 +28,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                             "percentile or percentile:P_LO,P_HI")
     group.add_argument("--size-policy", default="resize", choices=list(SIZE_POLICIES),
                        help="resize to a multiple of 32 (official protocol, default) or reflect-pad")
+    group.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
+                       help="what runs the network: auto (default: onnxruntime for fp32 on a CPU, exported and "
+                            "checked at the first frame of each size and cached; PyTorch otherwise), torch or "
+                            "onnxruntime")
 
 
 def engine_from_args(args: argparse.Namespace) -> "MafsEngine":
@@ -40,16 +44,17 @@ def engine_from_args(args: argparse.Namespace) -> "MafsEngine":
         precision=args.precision,
         thermal_normalization=args.thermal_norm,
         size_policy=args.size_policy,
+        backend=args.backend,
     )
 
 
 def engine_or_exit_code(args: argparse.Namespace) -> "MafsEngine | int":
     """`engine_from_args`, or exit code 2 after logging why the model cannot be set up (a bad checkpoint,
     device, precision or thermal normalisation). Tests replace `engine_from_args` of this module by a stand-in."""
-    from ..checkpoint import CheckpointError
+    from ..errors import MafsError
 
     try:
         return engine_from_args(args)
-    except (CheckpointError, ValueError, RuntimeError) as exc:
+    except (MafsError, OSError) as exc:
         logger.error("cannot set up the model: %s", exc)
         return 2

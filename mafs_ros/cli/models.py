@@ -89,14 +89,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError
+    from ..errors import MafsError
     from ..export import OnnxVerificationError, export_onnx, verify_onnx
     from ..io.samples import sample_count, sample_pairs
 
     try:
         path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width, opset=args.opset,
                            dynamic_batch=not args.static_batch)
-    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:  # bad checkpoint/arguments, export failure
+    except (MafsError, OSError) as exc:  # bad checkpoint or arguments, no onnx package, a file not written
         logger.error("cannot export: %s", exc)
         return 2
     size_mode = "dynamic height and width" if args.height is None else f"fixed size {args.height}x{args.width}"
@@ -118,7 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
     except OnnxVerificationError as exc:
         logger.error("%s; the file is kept for inspection, do not deploy it", exc)
         return 1
-    except (CheckpointError, RuntimeError) as exc:  # e.g. onnxruntime not installed
+    except MafsError as exc:  # e.g. onnxruntime not installed
         logger.error("cannot verify: %s", exc)
         return 2
     errors, tolerance = report["max_abs_error"], report["tolerance"]

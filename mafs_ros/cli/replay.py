@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..constants import (
+    BACKEND_NAMES,
     CAMERA_INFO_TOPIC,
     GROUND_TRUTH_TOPIC,
     IDENTITY_HOMOGRAPHY,
@@ -123,7 +124,7 @@ def _list_topics(bag: Path) -> int:
 def _read_homography(args: argparse.Namespace) -> bool:
     """Check --homography, or replace it by the one of --homography-file, before the model is loaded; False
     (logged) when it is unusable."""
-    from ..ros.registration import parse_homography, read_homography_file
+    from ..stream.registration import parse_homography, read_homography_file
 
     try:
         if args.homography_file is not None:
@@ -194,6 +195,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for the node (default: the packaged one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
+                        help="the node's backend (default auto: onnxruntime for fp32 on a CPU, else PyTorch)")
     parser.add_argument("--rate-hz", type=float, default=5.0, help="camera rate of the sample bag (default: 5)")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the 6 sample pairs (default: 5)")
     parser.add_argument("--max-pairs", type=int, default=None, help="stop after this many RGB frames")
@@ -205,7 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..replay import ReplayError
 
     try:
-        run_demo(args.out, checkpoint=args.checkpoint, device=args.device, rate_hz=args.rate_hz,
+        run_demo(args.out, checkpoint=args.checkpoint, device=args.device, backend=args.backend, rate_hz=args.rate_hz,
                  repeat=args.repeat, max_pairs=args.max_pairs)
     except (DemoError, ReplayError, BagError) as exc:
         logger.error("demo failed: %s", exc)

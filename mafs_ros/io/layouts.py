@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .files import image_files
+from ..errors import MafsError
 
 LAYOUTS = ("msrs", "mfnet", "fmb", "pst900", "pairs")
 
@@ -34,7 +35,7 @@ _SPLIT_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
 MAX_LISTED_PROBLEMS = 50
 
 
-class DatasetError(ValueError):
+class DatasetError(MafsError, ValueError):
     """A dataset that cannot be used as it is; `problems` lists every problem found (one line each).
 
     The message shows the first `MAX_LISTED_PROBLEMS` and counts the rest.

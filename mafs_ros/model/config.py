@@ -9,7 +9,6 @@ from typing import Any
 EAEF_GATES = ("intended", "official_b1")
 TRUNK_BLOCKS = ("bottleneck", "basic")
 ENCODER_NAMES = ("resnet", "efficientnet_lite0")
-SEG_TRUNKS = ("two_stream", "early_fusion")
 
 
 @dataclass(frozen=True)
@@ -17,20 +16,19 @@ class MafsConfig:
     """Every width, depth and behaviour switch of the network.
 
     The default values are the paper's network (`mafs`): two ResNet-152 trunks, 64-wide decoder,
-    32-wide fusion path. `mafs-lite` keeps the topology and shrinks trunks and widths.
+    32-wide fusion path. `mafs-lite` keeps the fusion path's topology on one early-fusion EfficientNet-Lite0
+    trunk (model/mafs_lite.py).
     """
 
     name: str = "mafs"
     num_classes: int = 9
-    # Trunk of each modality stream (model/encoders.py): "resnet" builds `MafsNet` (the paper), the
-    # pretrained "efficientnet_lite0" builds `MafsLiteNet`, whose trunk_* and sfe/stem/inn fields are unused.
+    # Trunk (model/encoders.py): "resnet" builds `MafsNet` (the paper, one per modality), the pretrained
+    # "efficientnet_lite0" builds `MafsLiteNet` (one on RGB + thermal), whose trunk_*, sfe/stem/inn,
+    # transformer and eaef fields are unused.
     encoder: str = "resnet"
     # MafsLiteNet: the encoders and the fusion weight maps run at 1/seg_downsample of the input size; the
     # fused image is composed at the input size.
     seg_downsample: int = 1
-    # MafsLiteNet's segmentation path: "two_stream" (one trunk per modality, DEM/CAM exchange, the MAFS
-    # decoder) or "early_fusion" (one trunk on RGB + thermal stacked, an FPN refined at stride 2; model/fpn.py).
-    seg_trunk: str = "two_stream"
     # ResNet trunk per modality (conv1/fc of torchvision's ResNet are not used: the SFE replaces conv1).
     trunk_block: str = "bottleneck"
     trunk_layers: tuple[int, ...] = (3, 8, 36, 3)
@@ -60,8 +58,6 @@ class MafsConfig:
             raise ValueError(f"encoder must be one of {ENCODER_NAMES}, got {self.encoder!r}")
         if self.seg_downsample < 1:
             raise ValueError(f"seg_downsample must be >= 1, got {self.seg_downsample}")
-        if self.seg_trunk not in SEG_TRUNKS:
-            raise ValueError(f"seg_trunk must be one of {SEG_TRUNKS}, got {self.seg_trunk!r}")
         if self.trunk_block not in TRUNK_BLOCKS:
             raise ValueError(f"trunk_block must be one of {TRUNK_BLOCKS}, got {self.trunk_block!r}")
         if len(self.trunk_layers) != 4 or len(self.trunk_widths) != 4:
@@ -112,23 +108,13 @@ CONFIGS: dict[str, MafsConfig] = {
         inn_blocks=3,
         decoder_width=12,
     ),
-    # Two ImageNet-pretrained EfficientNet-Lite0 streams at half the input size, a 64-wide MAFS decoder,
-    # and a 16-wide fusion path that predicts the fusion weight maps; the fused image itself is composed from
-    # the full-size sources.
+    # One ImageNet-pretrained EfficientNet-Lite0 on RGB + thermal at half the input size, a 64-wide FPN refined
+    # at stride 2, and a 16-wide fusion path that predicts the fusion weight maps; the fused image itself is
+    # composed from the full-size sources.
     "mafs-lite": MafsConfig(
         name="mafs-lite",
         encoder="efficientnet_lite0",
         seg_downsample=2,
-        fusion_width=16,
-        decoder_width=64,
-        transformer_level=3,
-    ),
-    # mafs-lite with one early-fusion trunk (RGB + thermal as 4 channels) and an FPN refined at stride 2.
-    "mafs-lite-ef": MafsConfig(
-        name="mafs-lite-ef",
-        encoder="efficientnet_lite0",
-        seg_downsample=2,
-        seg_trunk="early_fusion",
         fusion_width=16,
         decoder_width=64,
     ),

@@ -1,17 +1,22 @@
-"""MafsLiteNet: the MAFS topology on pretrained EfficientNet-Lite0 streams, sized for a CPU.
+"""MafsLiteNet: MAFS fusion with a pretrained early-fusion segmentation trunk, sized for a CPU.
 
 Data flow (s = seg_downsample, 2 for `mafs-lite`; strides relative to the input):
 
     visible (B,3,H,W), infrared (B,1,H,W), both in [0, 1]
-      -> both downsampled to H/s x W/s, ImageNet-normalised
-      -> EfficientNet-Lite0 per modality (ImageNet weights; the thermal stem takes the summed RGB filters),
-         DEM cross-modal gating after the stride-4s, 8s and 16s stages
-      -> CAM per level: F3 @1/4s, F4 @1/8s, F5 @1/16s, F6 @1/32s (decoder_width)
-    segmentation: the MAFS segmentation decoder (FPN, ARM cascade, ASPP, transformer decoder, seg head),
-                  fed with the fusion features at F3's size, logits resized to H x W
-    fusion:       shallow features of both images @1/2s -> AFM -> PHF (modulated by F3: semantic guidance)
-                  -> DSRM -> three maps @1/2s, upsampled to H x W: the infrared weight w, a detail gain g and
-                  an offset o. fused = clamp(b + g * (b - blur(b)) + o) with b = w * ir + (1 - w) * Y.
+      -> both downsampled to H/s x W/s, ImageNet-normalised, stacked as 4 channels
+      -> one EfficientNet-Lite0 (ImageNet weights; the thermal channel's stem filters are the mean of the RGB
+         ones): stem @1/2s, F3 @1/4s, F4 @1/8s, F5 @1/16s, F6 @1/32s
+    segmentation: an FPN (model/fpn.py) sums F3..F6 at 1/4s and is refined with the stem features at 1/2s,
+                  a 1x1 classifier, logits resized to H x W
+    fusion:       shallow features of both images @1/2s -> AFM -> PHF (modulated by the FPN map: semantic
+                  guidance) -> DSRM -> three maps @1/2s, upsampled to H x W: the infrared weight w, a detail gain
+                  g and an offset o. fused = clamp(b + g * (b - blur(b)) + o) with b = w * ir + (1 - w) * Y.
+
+Why one trunk for both cameras: trained on about a hundred labelled frames, two ImageNet streams with the
+MAFS exchange (DEM, CAM) and transformer decoder learnt less than a plain early-fusion trunk with an FPN in
+the same time, and the MAFS decoder's class map did not read the stride-4 level, so it never predicted curbs
+(docs/TRAINING.md). The fusion path keeps the paper's modules (AFM, PHF, DSRM) and reads the segmentation
+features as PHF's guide, as in MAFS.
 
 Why the fused image is composed rather than decoded: at full resolution every convolution costs more than
 the whole budget of a CPU frame, while the weight maps are smooth and fine at 1/2s. Composing from the
@@ -25,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import LUMA_BT601
 from .afm import AFM
-from .cam import CAM
 from .config import MafsConfig
-from .dem import DEM
 from .dsrm import DSRM
 from .efficientnet_lite import (
     IMAGENET_MEAN,
@@ -40,15 +44,13 @@ from .efficientnet_lite import (
 )
 from .encoders import get_encoder
 from .fpn import FpnDecoder
-from .layers import infrared_channel, resize_to
-from .mafs import MafsOutput, SegmentationDecoder
+from .layers import infrared_channel
+from .mafs import MafsOutput
 from .phf import PHF
 
 # A grey (thermal) image is normalised like ImageNet's mean grey.
 THERMAL_MEAN = (sum(IMAGENET_MEAN) / 3,)
 THERMAL_STD = (sum(IMAGENET_STD) / 3,)
-# BT.601 luma, the Y of the engine's YCbCr.
-LUMA = (0.299, 0.587, 0.114)
 # Initial sharpness of the "brighter source wins" prior on the infrared weight (logit per unit of ir - Y).
 # Steep, so that w is close to a per-pixel choice of one source: a soft blend averages the two images wherever
 # their intensities are close, which costs contrast and the information each source carries (EN, MI, VIF).
@@ -97,42 +99,32 @@ def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class MafsLiteNet(nn.Module):
-    """MAFS on EfficientNet-Lite0 streams (see the module docstring). forward(vi, ir) -> MafsOutput, with the
-    six deep-supervision maps in train mode and an optional `seg_size`, as `MafsNet`."""
+    """MAFS fusion on an early-fusion EfficientNet-Lite0 (see the module docstring). forward(vi, ir) ->
+    MafsOutput(semantic, (), fused) with an optional `seg_size`, as `MafsNet`; no deep-supervision maps."""
 
     def __init__(self, cfg: MafsConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.early_fusion = cfg.seg_trunk == "early_fusion"
-        if self.early_fusion:
-            self.trunk: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=4)
-            self.fpn = FpnDecoder(self.trunk.out_channels, cfg.decoder_width, fine_channels=STEM_CHANNELS)
-            self.classifier = nn.Conv2d(self.fpn.out_channels, cfg.num_classes, 1)
-        else:
-            self.trunk_rgb: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=3)
-            self.trunk_thermal: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=1)
-            channels = self.trunk_rgb.out_channels
-            self.dem = nn.ModuleList(DEM(c, gate=cfg.eaef_gate) for c in channels[:3])
-            self.cam = nn.ModuleList(CAM(c, cfg.decoder_width) for c in channels)
-            self.seg_decoder = SegmentationDecoder(cfg)
+        self.trunk: EfficientNetLite0 = get_encoder(cfg.encoder, in_channels=4)
+        self.fpn = FpnDecoder(self.trunk.out_channels, cfg.decoder_width, fine_channels=STEM_CHANNELS)
+        self.classifier = nn.Conv2d(self.fpn.out_channels, cfg.num_classes, 1)
         width = cfg.fusion_width
         # The fusion path runs at 1/2s: the maps it predicts only correct the full-size "brighter source"
         # prior of FusionComposer, so they can be coarse, and at 1/s DSRM's concatenations cost a CPU frame.
         self.shallow_rgb = _ConvBNReLU(3, width, stride=2)
         self.shallow_thermal = _ConvBNReLU(1, width, stride=2)
         self.afm = AFM(width, width)
-        # F3 is narrowed before PHF upsamples it: a decoder_width-wide map at 1/s costs more than the rest.
+        # The FPN map is narrowed before PHF upsamples it: a decoder_width-wide map at 1/s costs more than the rest.
         self.guide = nn.Conv2d(cfg.decoder_width, width, 1)
         self.phf = PHF(width, width, width)
         self.dsrm = DSRM(width, width)
         self.composer = FusionComposer(width)
 
     def load_imagenet_encoders(self, path: str | None = None) -> None:
-        """Initialise the trunks from the ImageNet weights (the training start; see efficientnet_lite)."""
-        for trunk in (self.trunk,) if self.early_fusion else (self.trunk_rgb, self.trunk_thermal):
-            load_imagenet_weights(trunk, path)
+        """Initialise the trunk from the ImageNet weights (the training start; see efficientnet_lite)."""
+        load_imagenet_weights(self.trunk, path)
 
-    def _encode_early(self, vi: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _encode(self, vi: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stem output (stride 2) and the four feature levels of the one trunk on RGB + thermal."""
         x = torch.cat([imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD),
                        imagenet_normalize(ir, THERMAL_MEAN, THERMAL_STD)], dim=1)
@@ -143,50 +135,30 @@ class MafsLiteNet(nn.Module):
             features.append(x)
         return stem, features
 
-    def _encode(self, vi: torch.Tensor, ir: torch.Tensor) -> list[torch.Tensor]:
-        rgb = self.trunk_rgb.stem(imagenet_normalize(vi, IMAGENET_MEAN, IMAGENET_STD))
-        thermal = self.trunk_thermal.stem(imagenet_normalize(ir, THERMAL_MEAN, THERMAL_STD))
-        cam_features = []
-        stages = zip(self.trunk_rgb.stages(), self.trunk_thermal.stages())
-        for level, (rgb_stage, thermal_stage) in enumerate(stages):
-            rgb, thermal = rgb_stage(rgb), thermal_stage(thermal)
-            if level < len(self.dem):
-                rgb, thermal = torch.chunk(self.dem[level](torch.cat([rgb, thermal], 1)), 2, dim=1)
-            cam_features.append(self.cam[level](rgb, thermal))
-        return cam_features
-
     def forward(
         self, vi: torch.Tensor, ir: torch.Tensor, with_aux: bool | None = None, seg_size: tuple[int, int] | None = None,
         with_fusion: bool = True,
     ) -> MafsOutput:
         """`with_fusion` False skips the fusion path (`fused` is None): a training step with segmentation losses
-        only, which the fusion path's own weights allow (its semantic guide is detached)."""
+        only, which the fusion path's own weights allow (its semantic guide is detached). `with_aux` is accepted
+        for MafsNet's signature; there are no deep-supervision maps."""
         ir = infrared_channel(vi, ir)
         factor = self.config.seg_downsample
         vi_small, ir_small = _downsample(vi, factor), _downsample(ir, factor)
-        if self.early_fusion:
-            stem, features = self._encode_early(vi_small, ir_small)
-            guide, head = self.fpn(features, stem)
-        else:
-            cam_features = self._encode(vi_small, ir_small)
-            guide = cam_features[0]
+        stem, features = self._encode(vi_small, ir_small)
+        guide, head = self.fpn(features, stem)
 
-        fused = fusion = None
-        if with_fusion or not self.early_fusion:  # the two-stream decoder reads the fusion features
+        fused = None
+        if with_fusion:
             fusion = self.afm(self.shallow_rgb(vi_small), self.shallow_thermal(ir_small))
-            # The semantic guide is detached: the fusion losses train the fusion path only, and the encoders are
+            # The semantic guide is detached: the fusion losses train the fusion path only, and the trunk is
             # shaped by segmentation alone (the fusion weight is the larger one, and it needs no class features).
             fusion = self.dsrm(self.phf(fusion, self.guide(guide.detach())))
-            luma = torch.tensor(LUMA, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
+            luma = torch.tensor(LUMA_BT601, dtype=vi.dtype, device=vi.device).view(1, 3, 1, 1)
             fused = self.composer(fusion, ir, (vi * luma).sum(dim=1, keepdim=True))
 
-        with_aux = self.training if with_aux is None else with_aux
         size = tuple(vi.shape[-2:]) if seg_size is None else tuple(seg_size)
-        if self.early_fusion:
-            # No deep supervision: the FPN sums every level into the one map the classifier reads.
-            semantic, aux = F.interpolate(self.classifier(head), size=size, mode="bilinear", align_corners=False), ()
-        else:
-            semantic, aux = self.seg_decoder(resize_to(fusion, cam_features[0]), cam_features, size, with_aux)
+        semantic = F.interpolate(self.classifier(head), size=size, mode="bilinear", align_corners=False)
         # Explicit class count: ONNX shape inference loses it through the final resize.
         semantic = semantic.reshape(semantic.shape[0], self.config.num_classes, *size)
-        return MafsOutput(semantic, aux, fused)
+        return MafsOutput(semantic, (), fused)

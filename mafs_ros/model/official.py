@@ -14,6 +14,7 @@ import torch
 
 from .config import MafsConfig, get_config
 from .mafs import MafsNet
+from ..errors import MafsError
 
 # (our prefix, official prefix), matched longest first.
 _PREFIXES: list[tuple[str, str]] = [
@@ -72,7 +73,7 @@ def from_official_key(key: str) -> str:
     return key
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(MafsError, ValueError):
     """An official checkpoint that does not match the MAFS network (names the offending keys)."""
 
 

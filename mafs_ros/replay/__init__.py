@@ -4,7 +4,7 @@ frames exactly like the live node, run the engine, write the node's outputs into
 Two modes:
 
 - `replay(bag, out_dir, engine=...)` (module `run`): the input bag's RGB and thermal frames are fed to the
-  node's pairing class (`ros.pairing.ApproximateTimePairer`, same parameters) in bag receive-time order, so the
+  node's pairing class (`stream.pairing.ApproximateTimePairer`, same parameters) in bag receive-time order, so the
   pairs are the ones the live node would make. With a homography (the node's registration.homography) thermal
   is warped into the RGB image first, as the node does. Each pair goes through the engine; DIR/bag gets
   /fused/image, /segmentation/labels, /segmentation/overlay, /mafs/result, /segmentation/info (once, transient

@@ -14,11 +14,12 @@ import numpy as np
 from ..bags import BagError, BagMessage, BagReader, BagReadError, deserialize
 from ..stamps import stamp_ns, stamp_text
 from .scoring import Evaluation
+from ..errors import MafsError
 
 logger = logging.getLogger(__name__)
 
 
-class ReplayError(Exception):
+class ReplayError(MafsError):
     """Nothing could be evaluated: the bag cannot be opened, a required topic is missing, the output exists."""
 
 

@@ -22,9 +22,10 @@ from ..constants import (
     absolute_topic,
 )
 from ..imaging import ThermalNormalization
-from ..ros.conversions import ImageConversionError, image_to_numpy, thermal_from_image, visible_from_image
-from ..ros.registration import parse_homography, warp_thermal_to_rgb
-from ..ros.results import result_timings
+from ..stream.conversions import ImageConversionError, image_to_numpy, thermal_from_image, visible_from_image
+from ..stream.processing import process_pair
+from ..stream.registration import SizeMismatchError, parse_homography
+from ..stream.results import result_timings
 from ..stamps import stamp_ns, stamp_text, time_ns
 from .reading import Reading, decode, ground_truth_stamps, messages_until_error, open_bag, sample_indices
 from .report import write_outputs
@@ -190,11 +191,14 @@ class _RecordingRun:
         except ImageConversionError as exc:
             self.evaluation.skip(exc.reason, f"{where}: {exc}")
             return
-        thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
-        if labels.ndim != 2 or len({rgb.shape[:2], thermal.shape[:2], fused.shape[:2], labels.shape}) != 1:
-            self.evaluation.skip("size_mismatch", f"{where}: RGB {rgb.shape}, thermal {thermal.shape}, fused "
-                                 f"{fused.shape}, labels {labels.shape} (registered thermal: give the node's "
-                                 "homography)")
+        try:
+            thermal = process_pair(None, rgb, thermal, self.homography).thermal
+        except SizeMismatchError as exc:
+            self.evaluation.skip(exc.reason, f"{where}: {exc}")
+            return
+        if labels.ndim != 2 or len({rgb.shape[:2], fused.shape[:2], labels.shape}) != 1:
+            self.evaluation.skip("size_mismatch", f"{where}: RGB {rgb.shape}, fused {fused.shape}, labels "
+                                 f"{labels.shape}")
             return
         timings = result_timings(result)
         skew = thermal_stamp + self.thermal_offset_ns - rgb_stamp

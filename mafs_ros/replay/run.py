@@ -35,11 +35,13 @@ from ..constants import (
     THERMAL_TOPIC,
     absolute_topic,
 )
-from ..ros.conversions import ImageConversionError
-from ..ros.frames import InputFrame, decode_input
-from ..ros.pairing import ApproximateTimePairer, Pair
-from ..ros.registration import parse_homography, warp_thermal_to_rgb
-from ..ros.results import info_message, result_message
+from ..errors import MafsError
+from ..stream.conversions import ImageConversionError
+from ..stream.frames import InputFrame, decode_input
+from ..stream.pairing import ApproximateTimePairer, Pair
+from ..stream.processing import process_pair
+from ..stream.registration import SizeMismatchError, parse_homography
+from ..stream.results import info_message, result_message
 from ..stamps import stamp_ns, stamp_text
 from .reading import Reading, ReplayError, decode, ground_truth_stamps, open_bag, sample_indices
 from .report import write_outputs
@@ -219,20 +221,20 @@ class _ReplayRun:
 
     def _process_pair(self, pair: Pair) -> None:
         """Run one pair through the engine as the node does, write its outputs and score it."""
-        rgb, thermal = pair.rgb.image, pair.thermal.image
+        import torch  # loaded with the engine already; this module stays importable without it
+
         where = f"pair at {stamp_text(pair.rgb_stamp_ns)}"
-        thermal = warp_thermal_to_rgb(thermal, self.homography, (rgb.shape[1], rgb.shape[0]))
-        if thermal.shape[:2] != rgb.shape[:2]:
-            self.evaluation.skip("size_mismatch", f"{where}: thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB "
-                                 f"{rgb.shape[1]}x{rgb.shape[0]} differ; give the homography (thermal -> RGB "
-                                 "pixels) to register them")
-            return
         try:
-            result = self.engine.infer(rgb, thermal, want_confidence=False, want_overlay=True)
-        except (ValueError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory on one large frame
+            processed = process_pair(self.engine, pair.rgb.image, pair.thermal.image, self.homography,
+                                     want_confidence=False, want_overlay=True)
+        except SizeMismatchError as exc:
+            self.evaluation.skip(exc.reason, f"{where}: {exc}")
+            return
+        except (MafsError, torch.OutOfMemoryError) as exc:  # e.g. a frame too large for the GPU
             self.evaluation.skip("inference_error", f"{where}: {type(exc).__name__}: {exc}")
             return
 
+        result = processed.result
         # The node cannot publish before the later frame of the pair has arrived.
         header, t = pair.rgb.msg.header, max(pair.rgb.receive_ns, pair.thermal.receive_ns)
         fused = bags.image_message(result.fused_rgb, "rgb8", header)
@@ -246,5 +248,5 @@ class _ReplayRun:
         ))
         if self._camera_info is not None:  # the node republishes the latest RGB camera info with the fused header
             self.writer.write(_FUSED_CAMERA_INFO, t, dataclasses.replace(self._camera_info, header=header))
-        self.evaluation.add_pair((pair.rgb_stamp_ns, pair.thermal_stamp_ns, pair.skew_ns), rgb, thermal,
-                                 result.fused_rgb, result.labels, result.timings)
+        self.evaluation.add_pair((pair.rgb_stamp_ns, pair.thermal_stamp_ns, pair.skew_ns), pair.rgb.image,
+                                 processed.thermal, result.fused_rgb, result.labels, result.timings)

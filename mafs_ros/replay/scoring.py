@@ -20,8 +20,8 @@ from ..class_sets import IGNORE_LABEL
 from ..imaging import ThermalNormalization, overlay, thermal_u8
 from ..metrics import ConfusionMatrix, fusion_metrics, luma_u8, mean_metrics
 from ..reports import SheetRow, segmentation_summary
-from ..ros.conversions import ImageConversionError, image_to_numpy
-from ..ros.results import TIMING_FIELDS
+from ..stream.conversions import ImageConversionError, image_to_numpy
+from ..stream.results import TIMING_FIELDS
 from ..stamps import stamp_text
 from ..stats import summary
 

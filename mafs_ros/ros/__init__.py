@@ -1,4 +1,3 @@
-"""ROS 2 side of mafs_ros. Without rclpy (also used by replay, calibrate and the CLI): conversions (Image <->
-numpy), pairing, registration, frames (decoded inputs), results (the result messages), frame_loss, transport.
-With rclpy: node and its parts (parameters, diagnostics, outputs, lifecycle; worker holds its threads) and
-bench_node."""
+"""The ROS 2 node: node and its parts (parameters, diagnostics, outputs, lifecycle; worker holds its threads),
+bench_node, and transport (the Fast DDS profile for large images; no rclpy, set before the first participant).
+What it shares with replay and calibrate without ROS is in mafs_ros.stream."""

@@ -15,19 +15,16 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from mafs_ros.constants import FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC
 from mafs_ros.engine import FusionResult
 from mafs_ros.msg import FusedSegmentation
-from mafs_ros.ros.conversions import numpy_to_image
+from mafs_ros.ros.in_process import InProcessRos
 from mafs_ros.ros.node import MafsNode
 from mafs_ros.stamps import set_stamp
+from mafs_ros.stream.conversions import numpy_to_image
 
 WARMUP_PAIRS = 5
 
@@ -59,16 +56,15 @@ class StandInEngine:
         return self._result
 
 
-class _Loop:
+class _Loop(InProcessRos):
     """A private DDS domain with the node under test and a player that publishes pairs and counts results."""
 
     def __init__(self, engine: Any) -> None:
-        self.context = Context()
         # A domain of its own: a bench must not feed, or be fed by, a robot's running nodes.
-        domain_id = int(os.environ.get("MAFS_BENCH_DOMAIN_ID", 150 + os.getpid() % 80))
-        rclpy.init(context=self.context, domain_id=domain_id)
+        super().__init__("mafs_bench_player", int(os.environ.get("MAFS_BENCH_DOMAIN_ID", 150 + os.getpid() % 80)))
+        self.player = self.node
         self.node = MafsNode(engine=engine, context=self.context)
-        self.player = Node("mafs_bench_player", context=self.context)
+        self.add_node(self.node)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self.rgb = self.player.create_publisher(Image, RGB_TOPIC, qos)
         self.thermal = self.player.create_publisher(Image, THERMAL_TOPIC, qos)
@@ -78,32 +74,19 @@ class _Loop:
         # Subscribed so that the node builds and publishes them: without a subscriber it skips that work.
         for topic in (FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC):
             self.player.create_subscription(Image, topic, lambda _: None, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)  # as mafs_node spins (see node.py)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.player)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
         self._wait(lambda: self.rgb.get_subscription_count() > 0 and self.thermal.get_subscription_count() > 0
                    and all(self.player.count_publishers(t) > 0 for t in (RESULT_TOPIC, FUSED_TOPIC, OVERLAY_TOPIC)),
                    10.0, "the node's subscriptions")
         time.sleep(0.3)  # the node's side of the match completes about now
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - ends when the context shuts down
-            pass
 
     def _on_result(self, _: FusedSegmentation) -> None:
         with self._lock:
             self.results += 1
 
     def _wait(self, condition: Any, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bench: timed out waiting for {what} (node counters {self.node.counters()})")
-            time.sleep(0.0002)  # a tight poll: a coarse one would be measured as latency
+        # A tight poll: a coarse one would be measured as latency.
+        if not self.wait_for(condition, timeout_s, poll_s=0.0002):
+            raise RuntimeError(f"bench: timed out waiting for {what} (node counters {self.node.counters()})")
 
     def round_trip_ms(self, rgb: np.ndarray, thermal: np.ndarray, index: int, timeout_s: float) -> float:
         """Publish one pair (equal stamps, so it pairs at once) and wait for its result."""
@@ -121,13 +104,6 @@ class _Loop:
         self.rgb.publish(messages[1])
         self._wait(lambda: self.results >= expected, timeout_s, f"the result of pair {index}")
         return (time.perf_counter() - start) * 1e3
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self.player.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._spinner.join(5.0)
 
 
 def bench_node_overhead(height: int, width: int, runs: int) -> list[float]:

@@ -20,7 +20,7 @@ from rclpy.qos import QoSCompatibility, QoSProfile, qos_check_compatible
 
 from ..constants import RGB_TOPIC, THERMAL_TOPIC
 from ..stats import percentile
-from .frame_loss import FrameLossEstimator
+from ..stream.frame_loss import FrameLossEstimator
 
 # An input losing more than this share of its recent frames (estimated from stamp gaps) turns the status WARN.
 LOSS_WARN_PERCENT = 3.0
@@ -235,6 +235,7 @@ def status_values(report: Report, counters: Mapping[str, Any], accounting: Frame
         **{f"rejected.{reason}": n for reason, n in sorted(counters["rejected"].items())},
         "device": str(engine.device),
         "precision": str(engine.precision),
+        "backend": str(getattr(engine, "backend", "torch")),
         "model": engine.config.name,
     }
 

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 import rclpy
@@ -48,17 +49,26 @@ except ImportError:  # Humble
 from sensor_msgs.msg import CameraInfo, Image
 
 from ..constants import CAMERA_INFO_TOPIC, DIAGNOSTICS_TOPIC, NODE_NAME, RGB_TOPIC, THERMAL_TOPIC
+from ..errors import MafsError
 from ..stamps import stamp_ns
+from ..stream.conversions import ImageConversionError
+from ..stream.frames import InputFrame, decode_input
+from ..stream.pairing import ApproximateTimePairer, Pair
+from ..stream.processing import process_pair
+from ..stream.registration import SizeMismatchError
 from . import diagnostics
-from .conversions import ImageConversionError
 from .diagnostics import FrameAccounting
-from .frames import InputFrame, decode_input
 from .lifecycle import ManagedSteps
 from .outputs import Outputs
-from .pairing import ApproximateTimePairer, Pair
-from .parameters import StartupError, change_refusal, declare_parameters, engine_from_parameters, positive, \
-    read_settings
-from .registration import warp_thermal_to_rgb
+from .parameters import (
+    StartupError,
+    change_refusal,
+    declare_parameters,
+    engine_from_parameters,
+    positive,
+    read_settings,
+    usage,
+)
 from .transport import use_large_image_profile
 from .worker import Workers
 
@@ -306,25 +316,19 @@ class MafsNode(ManagedSteps, Node):
         message = f"inference failed ({type(exc).__name__}): {exc}"
         self._accounting.inference_failed(message)
         self._reject("inference_error", message)
+        if not isinstance(exc, MafsError):  # not a bad input but a bug or a failure inside torch: keep where
+            self.get_logger().error("".join(traceback.format_exception(exc)), throttle_duration_sec=10.0)
         return True
 
     def _process(self, pair: Pair) -> None:
-        start = time.perf_counter()
-        rgb, thermal = pair.rgb.image, pair.thermal.image
-        height, width = rgb.shape[:2]
-        thermal = warp_thermal_to_rgb(thermal, self._settings.homography, (width, height))
-        if thermal.shape[:2] != (height, width):
-            self._reject(
-                "size_mismatch",
-                f"thermal {thermal.shape[1]}x{thermal.shape[0]} and RGB {width}x{height} differ; set "
-                "registration.homography (thermal -> RGB pixels) to register them",
-            )
-            return
-        registered = time.perf_counter()
-
         want_overlay = self._outputs.wants_overlay()
-        result = self._engine.infer(rgb, thermal, want_confidence=self._publish_confidence, want_overlay=want_overlay)
-        inferred = time.perf_counter()
+        try:
+            processed = process_pair(self._engine, pair.rgb.image, pair.thermal.image, self._settings.homography,
+                                     want_confidence=self._publish_confidence, want_overlay=want_overlay)
+        except SizeMismatchError as exc:
+            self._reject(exc.reason, str(exc))
+            return
+        inferred, result = time.perf_counter(), processed.result
 
         images = self._outputs.encode(result, pair.rgb.msg.header)
         with self._publish_lock:
@@ -337,7 +341,7 @@ class MafsNode(ManagedSteps, Node):
         latency_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
         callbacks_ms = pair.rgb.callback_ms + pair.thermal.callback_ms
         self._accounting.published(sum(result.timings.values()), latency_ms,
-                                   callbacks_ms + ((registered - start) + (done - inferred)) * 1e3)
+                                   callbacks_ms + processed.registration_ms + (done - inferred) * 1e3)
 
     # ------------------------------------------------------------------------------------------------
     # Diagnostics and parameters
@@ -358,7 +362,7 @@ class MafsNode(ManagedSteps, Node):
         A managed node reports its current configuration, or after cleanup its last one.
         repaired_non_finite counts thermal frames that were fused after their NaN/inf pixels were replaced.
         rgb_frames_missed / thermal_frames_missed estimate the frames that never arrived (gaps in the header
-        stamps, see ros.frame_loss); they are outside the identities, which count received frames.
+        stamps, see stream.frame_loss); they are outside the identities, which count received frames.
         """
         if self._pairer is None:
             raise RuntimeError("the node has not been configured yet")
@@ -453,6 +457,11 @@ def _import_message_filters() -> Any:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of `mafs_node` / `ros2 run mafs_ros mafs_node`. Exit codes: 0 clean shutdown, 2 start-up error."""
+    own_args = (sys.argv[1:] if args is None else args)
+    own_args = own_args[: own_args.index("--ros-args")] if "--ros-args" in own_args else own_args
+    if "-h" in own_args or "--help" in own_args:
+        print(usage())
+        return 0
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     # Before rclpy.init: Fast DDS reads its profile when the process's first participant is created.
     transport = use_large_image_profile()

@@ -19,8 +19,8 @@ from ..constants import (
     OVERLAY_TOPIC,
     RESULT_TOPIC,
 )
-from .conversions import numpy_to_image
-from .results import info_message, result_message
+from ..stream.conversions import numpy_to_image
+from ..stream.results import info_message, result_message
 
 # segmentation/info is latched: a subscriber that comes later still gets it.
 _LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,

@@ -17,10 +17,11 @@ from rclpy.exceptions import ParameterException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..constants import IDENTITY_HOMOGRAPHY, MAX_WAIT_S, QUEUE_SIZE, SLOP_S, THERMAL_OFFSET_S
-from .registration import parse_homography
+from ..stream.registration import parse_homography
+from ..errors import MafsError
 
 
-class StartupError(RuntimeError):
+class StartupError(MafsError, RuntimeError):
     """A configuration problem found at start-up (bad parameter, checkpoint, device): the node exits != 0."""
 
 
@@ -38,6 +39,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "size_policy": ("resize", "resize (network runs at a multiple of 32 near the input size, official protocol) "
                               "| pad (reflect-pad to a multiple of 32, crop back)."),
     "warmup": (1, "Forward passes on blank 480x640 inputs at start-up so the first frame is not slow."),
+    "backend": ("auto", "auto | torch | onnxruntime: what runs the network. auto: onnxruntime for fp32 on a CPU "
+                        "(exported and checked against PyTorch at the first frame of each size, cached per user), "
+                        "PyTorch otherwise."),
     "compile_mode": ("none", "none | default | reduce-overhead (CUDA graphs on a GPU) | max-autotune: torch.compile "
                             "the network; compiling takes minutes during the warm-up."),
     "thermal_normalization": ("", "Thermal scaling to [0, 1]: empty = the checkpoint's; 'fixed' (8-bit /255, "
@@ -75,6 +79,18 @@ RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "syn
 CREATION_PARAMETERS = ("lifecycle", "diagnostics_period_s")
 
 Getter = Callable[[str], Any]  # parameter name -> its current value
+
+
+def usage() -> str:
+    """`mafs_node --help`: how to start the node and every parameter with its default (no model is loaded)."""
+    lines = ["usage: mafs_node [--ros-args -p NAME:=VALUE ... --params-file FILE]", "",
+             "RGB + thermal fusion and semantic segmentation (MAFS). Parameters (default; (runtime): changeable "
+             "while running):", ""]
+    for name, (default, description) in PARAMETERS.items():
+        runtime = " (runtime)" if name in RUNTIME_PARAMETERS else ""
+        lines.append(f"  {name} = {default!r}{runtime}")
+        lines.append(f"      {description}")
+    return "\n".join(lines)
 
 
 def declare_parameters(node: Any) -> None:
@@ -149,7 +165,6 @@ def _qos(get: Getter, prefix: str) -> QoSProfile:
 def engine_from_parameters(get: Getter, warn: Callable[[str], None]) -> Any:
     """A MafsEngine built and warmed up from the engine parameters; raises StartupError."""
     # torch is imported here, not at module level, so that parameter errors are reported before it loads.
-    from ..checkpoint import CheckpointError
     from ..engine import MafsEngine
 
     device = str(get("device"))
@@ -167,8 +182,9 @@ def engine_from_parameters(get: Getter, warn: Callable[[str], None]) -> Any:
             size_policy=str(get("size_policy")),
             warmup=int(get("warmup")),
             compile_mode=str(get("compile_mode")),
+            backend=str(get("backend")),
         )
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (MafsError, OSError) as exc:  # anything else is a bug: its traceback is kept
         raise StartupError(f"cannot start the model: {exc}") from exc
     expected = str(get("model_config"))
     if expected and expected != engine.config.name:

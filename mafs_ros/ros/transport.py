@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Mapping, MutableMapping
 
 PROFILE_FILE = "fastdds_large_images.xml"
-# Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Humble, Jazzy) the second; both are set so either works.
+# Fast DDS 3 (Kilted and later) reads the first, Fast DDS 2 (Humble, Jazzy) the second. Only the one the
+# distribution reads is set: Fast DDS 3 warns at every start that the second is deprecated.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 TRANSPORT_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
 # Profile files Fast DDS loads from the working directory by itself.
 WORKING_DIRECTORY_PROFILES = ("DEFAULT_FASTDDS_PROFILES.xml", "DEFAULT_FASTRTPS_PROFILES.xml")
@@ -54,6 +56,13 @@ def user_transport_choice(environ: Mapping[str, str], cwd: Path | None = None) -
     return None
 
 
+def profile_variable(environ: Mapping[str, str]) -> str:
+    """The variable this ROS distribution's Fast DDS reads its profile file from (ROS_DISTRO; unset: Kilted or
+    later, as the PyPI wheels)."""
+    old = environ.get("ROS_DISTRO", "").strip().lower() in FAST_DDS_2_DISTROS
+    return PROFILE_VARIABLES[1] if old else PROFILE_VARIABLES[0]
+
+
 def large_image_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables that select the large-image profile, or {} where the user chose transports already or the
     file is missing."""
@@ -63,7 +72,7 @@ def large_image_environment(environ: Mapping[str, str]) -> dict[str, str]:
         path = str(large_image_profile_path())
     except FileNotFoundError:
         return {}
-    return {name: path for name in PROFILE_VARIABLES}
+    return {profile_variable(environ): path}
 
 
 def use_large_image_profile(environ: MutableMapping[str, str] | None = None) -> str:
@@ -77,5 +86,5 @@ def use_large_image_profile(environ: MutableMapping[str, str] | None = None) -> 
         path = large_image_profile_path()
     except FileNotFoundError as exc:
         return f"Fast DDS default transports: {exc} (large images may be lost; see the README's transport section)"
-    environ.update({name: str(path) for name in PROFILE_VARIABLES})
+    environ[profile_variable(environ)] = str(path)
     return f"Fast DDS profile {path} (shared memory for large images)"

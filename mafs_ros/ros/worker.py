@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .pairing import Pair
+from ..stream.pairing import Pair
 
 
 class Mailbox:

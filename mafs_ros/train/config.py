@@ -37,10 +37,12 @@ class DataConfig:
     # contrast-enhanced infrared (MSRS, AGC cameras) both look familiar (train/data.py thermal_appearance).
     thermal_augment: bool = False
     upscale_small: bool = False  # scale pairs smaller than crop_size up to it instead of refusing them
-    # Probability that a labelled sample gets the pixels of copy_paste_classes (class names) pasted in from
+    # Probability that a labelled sample gets the pixels of rare_classes (class names) pasted in from
     # another labelled frame, at the same place (train/data.py paste_classes): more scenes with rare classes.
     copy_paste: float = 0.0
-    copy_paste_classes: list[str] = field(default_factory=list)
+    rare_classes: list[str] = field(default_factory=list)
+    # Probability that a labelled sample's crop is placed around a pixel of rare_classes (augment "scene").
+    rare_crop: float = 0.0
     thermal_normalization: str = "fixed"
     class_set: str = "msrs"
     workers: int = 2
@@ -121,6 +123,9 @@ class TrainConfig:
     eval_every: int = 5
     log_every: int = 10
     stage1_shared_head: bool = False
+    # At the end, fit per-class logit offsets on the labelled training frames and fold them into the classifier's
+    # bias (train/class_offsets.py; mafs-lite): rare thin classes then win the arg-max where they are learnt.
+    class_offsets: bool = False
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=20))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=100))
     model: ModelConfig = field(default_factory=ModelConfig)

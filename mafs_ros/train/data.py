@@ -288,7 +288,7 @@ def upscale_to_fit(maps: dict[str, np.ndarray], side: int) -> dict[str, np.ndarr
 
 def scene_augment(
     maps: dict[str, np.ndarray], rng: np.random.Generator, *, crop_size: int | None,
-    scale_range: tuple[float, float] = SCENE_SCALES,
+    scale_range: tuple[float, float] = SCENE_SCALES, focus: Sequence[int] = (),
 ) -> dict[str, np.ndarray]:
     """Upright augmentation for camera scenes: a horizontal flip (1 in 2), a random scale, then a random crop,
     the same for every map (..., H, W). Road scenes are never upside down, so unlike the official flips and
@@ -296,7 +296,9 @@ def scene_augment(
     segmentation head trained on a hundred frames needs.
 
     rng draws, in order: the flip, the scale (log-uniform in scale_range), the crop's top and left offsets.
-    A scaled image smaller than the crop is scaled up to fit it. Returns C-contiguous copies.
+    With `focus` (class ids) present in the label, the crop instead holds a random pixel of those classes at a
+    random place (rng: the pixel, then its row and column in the crop). A scaled image smaller than the crop is
+    scaled up to fit it. Returns C-contiguous copies.
     """
     h, w = maps["label"].shape
     out = {k: np.flip(a, -1) for k, a in maps.items()} if rng.random() < 0.5 else dict(maps)
@@ -307,8 +309,14 @@ def scene_augment(
     if size != (h, w):
         out = resize_maps({k: np.ascontiguousarray(a) for k, a in out.items()}, size)
     if crop_size is not None:
-        top = int(rng.integers(size[0] - crop_size + 1))
-        left = int(rng.integers(size[1] - crop_size + 1))
+        rows, cols = np.nonzero(np.isin(out["label"], focus)) if len(focus) else ((), ())
+        if len(rows):
+            pick = int(rng.integers(len(rows)))
+            top = int(np.clip(rows[pick] - rng.integers(crop_size), 0, size[0] - crop_size))
+            left = int(np.clip(cols[pick] - rng.integers(crop_size), 0, size[1] - crop_size))
+        else:
+            top = int(rng.integers(size[0] - crop_size + 1))
+            left = int(rng.integers(size[1] - crop_size + 1))
         out = {k: a[..., top : top + crop_size, left : left + crop_size] for k, a in out.items()}
     return {k: np.array(a, order="C", copy=True) for k, a in out.items()}
 
@@ -381,9 +389,12 @@ class FusionSegDataset(Dataset):
         names the salient classes of `mask`.
     seed: with the epoch (`set_epoch`) and the index, seeds the item's generator.
     thermal_augment: a random thermal look per item (`thermal_appearance`), drawn after the crop.
-    copy_paste: probability that a labelled item first receives the pixels of `copy_paste_classes` (names in
+    copy_paste: probability that a labelled item first receives the pixels of `rare_classes` (names in
         class_set) from another labelled pair of the set that shows them (`paste_classes`): rare classes then
         appear in more scenes and next to more backgrounds.
+    rare_crop: probability that a labelled item's crop is placed around a random pixel of `rare_classes`
+        (scene augmentation only; `scene_augment`'s focus): thin classes a random crop often misses (a curb
+        along the bottom edge) are seen in more steps without changing the frames.
     modality_dropout: probability that an item's RGB or (as often) thermal image is blanked (`blank_modality`),
         drawn last: the model learns to segment and fuse from one camera when the other is dark or down.
     """
@@ -401,7 +412,8 @@ class FusionSegDataset(Dataset):
         thermal_augment: bool = False,
         upscale_small: bool = False,
         copy_paste: float = 0.0,
-        copy_paste_classes: Sequence[str] = (),
+        rare_classes: Sequence[str] = (),
+        rare_crop: float = 0.0,
         modality_dropout: float = 0.0,
     ) -> None:
         if not pairs:
@@ -422,11 +434,17 @@ class FusionSegDataset(Dataset):
         self.seed = seed
         self.thermal_augment = thermal_augment
         self.upscale_small = upscale_small
+        for name, probability in (("copy_paste", copy_paste), ("rare_crop", rare_crop),
+                                  ("modality_dropout", modality_dropout)):
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {probability}")
+        if rare_crop and augment != "scene":
+            raise ValueError(f"rare_crop needs augment 'scene', got {augment!r}")
         self.copy_paste = copy_paste
-        if not 0.0 <= modality_dropout <= 1.0:
-            raise ValueError(f"modality_dropout must be a probability in [0, 1], got {modality_dropout}")
+        self.rare_crop = rare_crop
         self.modality_dropout = modality_dropout
-        self.paste_ids, self.donors = self._paste_donors(copy_paste, copy_paste_classes)
+        self.rare_ids = self._rare_ids(rare_classes)
+        self.donors = self._paste_donors() if copy_paste else []
         # In shared memory, so that persistent DataLoader workers (which hold copies of the dataset) see the
         # epoch set in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -456,11 +474,12 @@ class FusionSegDataset(Dataset):
             maps, has_label = self._load(pair)
             if has_label and self.donors and rng.random() < self.copy_paste:
                 donor = self.donors[int(rng.integers(len(self.donors)))]
-                maps = paste_classes(maps, self._load(donor)[0], self.paste_ids, self.salient_classes)
+                maps = paste_classes(maps, self._load(donor)[0], self.rare_ids, self.salient_classes)
             if self.upscale_small and self.crop_size is not None:
                 maps = upscale_to_fit(maps, self.crop_size)
             if self.augment == "scene":
-                maps = scene_augment(maps, rng, crop_size=self.crop_size)
+                focus = self.rare_ids if has_label and self.rare_crop and rng.random() < self.rare_crop else ()
+                maps = scene_augment(maps, rng, crop_size=self.crop_size, focus=focus)
             else:
                 maps = joint_augment(maps, rng, crop_size=self.crop_size, flip_rotate=self.augment == "official")
             if self.thermal_augment:
@@ -480,20 +499,17 @@ class FusionSegDataset(Dataset):
         item["name"] = pair.stem
         return item
 
-    def _paste_donors(self, probability: float, class_names: Sequence[str]) -> tuple[list[int], list[PairFiles]]:
-        """The class ids to paste and the distinct labelled pairs that show one of them."""
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"copy_paste must be a probability in [0, 1], got {probability}")
+    def _rare_ids(self, class_names: Sequence[str]) -> list[int]:
         unknown = sorted(set(class_names) - set(self.class_set.class_names))
         if unknown:
-            raise ValueError(f"copy_paste_classes {unknown} are not classes of {self.class_set.name!r}: "
+            raise ValueError(f"rare_classes {unknown} are not classes of {self.class_set.name!r}: "
                              f"{list(self.class_set.class_names)}")
-        if probability == 0.0 or not class_names:
-            return [], []
-        ids = [self.class_set.class_names.index(name) for name in class_names]
+        return [self.class_set.class_names.index(name) for name in class_names]
+
+    def _paste_donors(self) -> list[PairFiles]:
+        """The distinct labelled pairs that show one of the rare classes."""
         labelled = sorted({p for p in self.pairs if p.label is not None}, key=lambda p: str(p.label))
-        donors = [p for p in labelled if np.isin(read_label(p.label, self.class_set.num_classes), ids).any()]
-        return ids, donors
+        return [p for p in labelled if np.isin(read_label(p.label, self.class_set.num_classes), self.rare_ids).any()]
 
     def _load(self, pair: PairFiles) -> tuple[dict[str, np.ndarray], bool]:
         """The full-size maps of a pair (vi, ir, label, bi, bd, mask as in the item, as numpy arrays) and

@@ -10,7 +10,6 @@ the model, optimiser, task-weighting and RNG state plus the position inside the 
 from __future__ import annotations
 
 import contextlib
-import csv
 import gc
 import itertools
 import json
@@ -32,10 +31,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..class_sets import get_class_set
-from ..imaging import rgb_to_ycbcr, ycbcr_to_rgb
+from ..imaging import ThermalNormalization, rgb_to_ycbcr, ycbcr_to_rgb
 from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
+from .class_offsets import class_log_probs, fit_class_offsets, fold_into_classifier
 from .config import OptimConfig, TrainConfig
 from .data import FusionSegDataset, label_pixel_counts, split_pairs
+from .run_log import write_run_logs
 from .losses import (
     ChannelWiseDistillation,
     class_balance_weights,
@@ -54,11 +55,13 @@ STAGES = ("stage1", "stage2")
 
 @dataclass
 class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun). ddp: a process group is up (any
+    torchrun job, one process included) and the model trains wrapped in DistributedDataParallel."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    ddp: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -66,7 +69,7 @@ class Distributed:
 
 
 def setup_distributed() -> Distributed:
-    """Read torchrun's environment; initialise NCCL (CUDA) or gloo (CPU) when WORLD_SIZE > 1."""
+    """Read torchrun's environment; initialise NCCL (CUDA) or gloo (CPU) when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -75,9 +78,10 @@ def setup_distributed() -> Distributed:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world_size, device)
+    return Distributed(rank, world_size, device, ddp=dist.is_initialized())
 
 
 def learning_rate(iteration: int, max_iter: int, optim: OptimConfig, time_spent: float = 0.0) -> float:
@@ -96,13 +100,13 @@ def learning_rate(iteration: int, max_iter: int, optim: OptimConfig, time_spent:
 
 
 def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser over `module`'s trainable parameters; those of pretrained encoders (`trunk*` of a
+    """The optimiser over `module`'s trainable parameters; those of the pretrained encoder (`trunk` of a
     MafsLiteNet) form a second group whose learning rate is scaled by `encoder_lr_scale` (`lr_scale` key)."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     pretrained = isinstance(module, MafsLiteNet)
 
     def is_encoder(name: str) -> bool:
-        return pretrained and name.split(".")[0] in ("trunk", "trunk_rgb", "trunk_thermal")
+        return pretrained and name.split(".")[0] == "trunk"
 
     encoder = [p for n, p in named if is_encoder(n)]
     rest = [p for n, p in named if not is_encoder(n)]
@@ -170,7 +174,7 @@ class Trainer:
                              "from ImageNet encoders instead: set stage1.epochs to 0")
         self.pretrainer = MafsPretrainer(self.net, shared_head=cfg.stage1_shared_head)
         self.pretrainer.to(self.device)
-        if self.dist.world_size > 1 and self.device.type == "cuda":
+        if self.dist.ddp and self.device.type == "cuda":
             self.pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(self.pretrainer)
             self.net = self.pretrainer.net
 
@@ -294,6 +298,8 @@ class Trainer:
         if self._stop_requested:
             self.save_state()
             raise KeyboardInterrupt(f"training interrupted; state saved to {self.state_path} (use --resume)")
+        if self.cfg.class_offsets and self.dist.is_main:
+            self._fit_class_offsets()
         return self._export()
 
     def _request_stop(self, *_: object) -> None:
@@ -323,7 +329,8 @@ class Trainer:
             thermal_normalization=self.cfg.data.thermal_normalization, class_set=self.class_set,
             seed=self.cfg.seed, thermal_augment=self.cfg.data.thermal_augment,
             upscale_small=self.cfg.data.upscale_small, copy_paste=self.cfg.data.copy_paste,
-            copy_paste_classes=self.cfg.data.copy_paste_classes, modality_dropout=self.cfg.data.modality_dropout,
+            rare_classes=self.cfg.data.rare_classes, rare_crop=self.cfg.data.rare_crop,
+            modality_dropout=self.cfg.data.modality_dropout,
         )
         per_process_batch = self.cfg.batch_size // self.dist.world_size
         if per_process_batch < 1 or per_process_batch * self.dist.world_size != self.cfg.batch_size:
@@ -341,7 +348,7 @@ class Trainer:
         module: nn.Module = self.pretrainer if stage1 else self.net
         # Stage I never runs the segmentation decoder, whose parameters then get no gradient.
         model = (
-            DistributedDataParallel(module, find_unused_parameters=stage1) if self.dist.world_size > 1 else module
+            DistributedDataParallel(module, find_unused_parameters=stage1) if self.dist.ddp else module
         )
         self.optimizer = build_optimizer(module, self.cfg.optim)
         if self._resume_optimizer is not None:
@@ -466,12 +473,14 @@ class Trainer:
         names = sorted(self.epoch_sums)
         means = torch.tensor([total / count for total, count in (self.epoch_sums[n] for n in names)],
                              dtype=torch.float64, device=self.device)
-        if self.dist.world_size > 1:
+        if self.dist.ddp:
             dist.all_reduce(means)
             means /= self.dist.world_size
         mean_losses = dict(zip(names, means.tolist()))
         weights = self.task_weights.weights() if not stage1 else {}
-        if not stage1:
+        # A time budget can end an epoch after a few steps, none of them with fusion losses (loss.fusion_every):
+        # the task weights then keep what they have.
+        if not stage1 and {"fus", "seg"} <= mean_losses.keys():
             self.task_weights.end_epoch({"fus": mean_losses["fus"], "seg": mean_losses["seg"]})
         self.epoch += 1
         self.step = 0
@@ -527,14 +536,26 @@ class Trainer:
                     values[f"IoU_{name}"] = float(iou)
         return values
 
+    def _fit_class_offsets(self) -> None:
+        """Fit and fold the class offsets (after the last state was saved, so a resume fits them again from the
+        trained weights), then validate again: the history's last row carries them and the final validation.
+        Fitted on every second labelled training frame (the scores barely change with more; the time does)."""
+        start = time.perf_counter()
+        labelled = sorted({p for p in self.train_pairs if p.label is not None}, key=lambda p: str(p.label))[::2]
+        logp, labels = class_log_probs(self.net, labelled, ThermalNormalization.from_spec(
+            self.cfg.data.thermal_normalization), self.net.config.num_classes)
+        offsets = fit_class_offsets(logp, labels)
+        fold_into_classifier(self.net, offsets)
+        row = {"stage": "class_offsets", "epoch": self.epoch, "seconds": round(time.perf_counter() - start, 2),
+               "offsets": dict(zip(self.class_set.class_names, offsets.tolist()))}
+        logger.info("class offsets fitted on %d training frames: %s", len(labelled), row["offsets"])
+        if self.val_pairs:
+            row |= {f"val_{k}": v for k, v in self.validate().items()}
+        self.history.append(row)
+        self._write_logs()
+
     def _write_logs(self) -> None:
-        (self.out_dir / "log.json").write_text(json.dumps(self.history, indent=1))
-        columns = sorted({k for row in self.history for k in row}, key=lambda k: (k not in ("stage", "epoch"), k))
-        with open(self.out_dir / "log.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
-        plot_history(self.history, self.out_dir / "curves.png")
+        write_run_logs(self.history, self.out_dir)
 
     def _export(self) -> Path:
         path = self.out_dir / "model.safetensors"
@@ -550,41 +571,6 @@ class Trainer:
             )
             logger.info("wrote %s", path)
         return path
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """losses, task weights and validation metrics over the epochs of both stages, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = list(range(1, len(history) + 1))
-
-    def is_segmentation(key: str) -> bool:
-        return key.startswith(("val_mIoU", "val_IoU_"))
-
-    # Segmentation scores (0..1) apart from the fusion metrics (EN about 7, SD about 40), or they flatten out.
-    groups = [
-        ("training losses (epoch mean)", lambda k: k.startswith("loss_"), "loss_"),
-        ("task weights", lambda k: k.startswith("weight_"), "weight_"),
-        ("validation: fusion metrics", lambda k: k.startswith("val_") and not is_segmentation(k), "val_"),
-        ("validation: segmentation IoU", is_segmentation, "val_"),
-    ]
-    fig, axes = plt.subplots(1, len(groups), figsize=(20, 4))
-    for ax, (title, wanted, prefix) in zip(axes, groups):
-        keys = sorted({k for row in history for k in row if wanted(k)})
-        for key in keys:
-            points = [(i, row[key]) for i, row in zip(x, history) if key in row]
-            if points:
-                ax.plot(*zip(*points), marker=".", label=key[len(prefix):])
-        ax.set_title(title)
-        ax.set_xlabel("epoch (Stage I then Stage II)")
-        if keys:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

@@ -13,6 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import MafsError
+
+
+class SizeMismatchError(MafsError, ValueError):
+    """The registered thermal image and the RGB image differ in size, so the pair cannot be fused."""
+
+    reason = "size_mismatch"  # the rejection reason the node's diagnostics and replay reports count
+
 
 def parse_homography(values: Sequence[float], name: str = "homography") -> np.ndarray | None:
     """The thermal -> RGB pixel homography from 9 row-major numbers, scaled to H[2, 2] = 1, or None for the
@@ -37,6 +45,20 @@ def warp_thermal_to_rgb(thermal: np.ndarray, homography: np.ndarray | None, size
     if homography is None:
         return thermal
     return cv2.warpPerspective(np.ascontiguousarray(thermal), homography, size, flags=cv2.INTER_LINEAR)
+
+
+def register_pair(rgb: np.ndarray, thermal: np.ndarray, homography: np.ndarray | None) -> np.ndarray:
+    """The thermal image of a pair in the RGB camera's pixels (`warp_thermal_to_rgb`), checked to be the RGB
+    image's size: the one registration step of the node, `mafs replay` and the recording report. Raises
+    SizeMismatchError naming both sizes."""
+    height, width = rgb.shape[:2]
+    registered = warp_thermal_to_rgb(thermal, homography, (width, height))
+    if registered.shape[:2] != (height, width):
+        raise SizeMismatchError(
+            f"thermal {registered.shape[1]}x{registered.shape[0]} and RGB {width}x{height} differ; give the "
+            "homography (thermal -> RGB pixels: node parameter registration.homography, mafs replay --homography "
+            "or --homography-file) to register them")
+    return registered
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MafsError
+
 VISIBLE_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1")
 MAX_PIXELS = 8192 * 8192
@@ -41,7 +43,7 @@ _TO_RGB: dict[str, Any] = {
 }
 
 
-class ImageConversionError(ValueError):
+class ImageConversionError(MafsError, ValueError):
     """An image message or array that cannot be converted.
 
     `reason` is a short machine-readable code: "unsupported_encoding", "invalid_field", "invalid_data",
