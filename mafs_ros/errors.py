@@ -3,8 +3,8 @@ derives from MafsError; the command line, the node and replay catch MafsError (a
 a problem in one line, and let anything else, a bug or a failure inside torch, keep its traceback.
 
 The classes below also derive from the built-in error they replace, so code that caught ValueError or
-RuntimeError before still does. The other members live next to what raises them: CheckpointError (checkpoint),
-BagError (bags), ImageConversionError (stream/conversions), DatasetError (io/layouts), StartupError (the node's
+RuntimeError before still does. The other members live next to what raises them: CheckpointError (checkpoint), DatasetError (io/layouts),
+BagError (bags), ImageConversionError (stream/conversions), StartupError (the node's
 parameters), ReplayError, DemoError, CalibrationInputError, OnnxVerificationError, OfficialCheckpointError.
 """
 
@@ -17,6 +17,11 @@ class MafsError(Exception):
 
 class ConfigurationError(MafsError, ValueError):
     """A bad option or argument value: device, precision, backend, size policy, thermal normalisation, ..."""
+
+
+class DataError(MafsError, ValueError):
+    """A file or data set that cannot be used: an unreadable image, a wrong shape, dtype or size, labels outside
+    the classes, a folder that is not there."""
 
 
 class InputError(MafsError, ValueError):

@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from .class_sets import IGNORE_LABEL
+from .errors import DataError, MafsError
 from .imaging import overlay, thermal_u8
 from .io.files import images_by_stem
 from .io.images import read_fused_luma, read_label, read_rgbt, read_thermal, read_visible
@@ -88,7 +89,7 @@ def fusion_report(items: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str,
     per_image: dict[str, dict[str, float]] = {}
     for stem, values in items:
         if stem in per_image:
-            raise ValueError(f"stem {stem!r} occurs twice")
+            raise DataError(f"stem {stem!r} occurs twice")
         per_image[stem] = dict(values)
     return {"per_image": per_image, **mean_metrics(per_image)}
 
@@ -127,17 +128,17 @@ def evaluate(
     stems = [pair.stem for pair in pairs]
     repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
     if repeated:
-        raise ValueError(f"repeated stems: {', '.join(repeated)}")
+        raise DataError(f"repeated stems: {', '.join(repeated)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fused_dir = out_dir / "fused" if save_fused else None
     if fused_dir is not None:
         fused_dir.mkdir(exist_ok=True)
     if blank not in (None, "rgb", "thermal"):
-        raise ValueError(f"blank must be 'rgb', 'thermal' or None, got {blank!r}")
+        raise DataError(f"blank must be 'rgb', 'thermal' or None, got {blank!r}")
     tally = _score_pairs(engine, pairs, fused_dir, contact_sheet_count, blank)
     if not tally.per_image:
-        raise ValueError(f"none of the {len(pairs)} pair(s) could be evaluated")
+        raise DataError(f"none of the {len(pairs)} pair(s) could be evaluated")
 
     report: dict[str, Any] = {
         **engine.describe(),
@@ -196,7 +197,7 @@ def _score_pairs(engine: "MafsEngine", pairs: Sequence[PairFiles], fused_dir: Pa
                     tally.by_time[time_of_day].update(result.labels, gt)
             ir = thermal_u8(engine, thermal)
             tally.per_image[pair.stem] = fusion_metrics(ir, luma_u8(rgb), result.fused_y)
-        except ValueError as exc:
+        except MafsError as exc:
             logger.error("pair %r (%s): %s", pair.stem, ", ".join(map(str, pair.image_files)), exc)
             tally.skipped[pair.stem] = str(exc)
             continue
@@ -229,7 +230,7 @@ def _read_pair(pair: PairFiles, num_classes: int) -> tuple[np.ndarray, np.ndarra
         return rgb, thermal, None
     gt = read_label(pair.label, num_classes).astype(np.uint8)  # ids < num_classes or 255: uint8 is exact
     if gt.shape != rgb.shape[:2]:
-        raise ValueError(f"label {gt.shape[0]}x{gt.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} differ in size")
+        raise DataError(f"label {gt.shape[0]}x{gt.shape[1]} and visible {rgb.shape[0]}x{rgb.shape[1]} differ in size")
     return rgb, thermal, gt
 
 
@@ -253,7 +254,7 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
     folders = {"ir": Path(ir_dir), "vi": Path(vi_dir), "fused": Path(fused_dir)}
     for name, folder in folders.items():
         if not folder.is_dir():
-            raise ValueError(f"{name} folder {folder} does not exist")
+            raise DataError(f"{name} folder {folder} does not exist")
     files = {name: images_by_stem(folder) for name, folder in folders.items()}
 
     skipped: dict[str, str] = {}
@@ -275,22 +276,22 @@ def metrics_report(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path
         try:
             ir = read_thermal(ir_path)
             if ir.dtype != np.uint8:
-                raise ValueError(f"infrared {ir_path} is {ir.dtype}; the metrics need 8-bit infrared images")
+                raise DataError(f"infrared {ir_path} is {ir.dtype}; the metrics need 8-bit infrared images")
             vi = luma_u8(read_visible(vi_path))
             fused = read_fused_luma(fused_path)
             if not ir.shape == vi.shape == fused.shape:
-                raise ValueError(
+                raise DataError(
                     f"sizes differ: ir {ir.shape[0]}x{ir.shape[1]}, vi {vi.shape[0]}x{vi.shape[1]}, "
                     f"fused {fused.shape[0]}x{fused.shape[1]}"
                 )
-        except ValueError as exc:
+        except MafsError as exc:
             skipped[stem] = str(exc)
             continue
         per_image[stem] = fusion_metrics(ir, vi, fused)
     for stem in sorted(skipped):
         logger.error("skipped %r: %s", stem, skipped[stem])
     if not per_image:
-        raise ValueError(f"no complete ir/vi/fused image triple in {', '.join(map(str, folders.values()))}")
+        raise DataError(f"no complete ir/vi/fused image triple in {', '.join(map(str, folders.values()))}")
     return json_ready({**fusion_report(per_image.items()), "skipped": dict(sorted(skipped.items()))})
 
 

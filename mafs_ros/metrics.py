@@ -52,6 +52,7 @@ import cv2
 import numpy as np
 
 from .constants import LUMA_BT601
+from .errors import DataError
 
 FUSION_METRIC_NAMES: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
@@ -72,7 +73,7 @@ def luma_u8(rgb: np.ndarray) -> np.ndarray:
     """
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+        raise DataError(f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     c = rgb.astype(np.uint32)
     r, g, b = (round(w * 65536) for w in LUMA_BT601)  # 19595, 38470, 7471
     y = (r * c[..., 0] + g * c[..., 1] + b * c[..., 2] + 32768) >> 16
@@ -83,7 +84,7 @@ def _gray(img: np.ndarray) -> np.ndarray:
     """`img` as an HxW float64 array (0..255 values)."""
     out = np.asarray(img, dtype=np.float64)
     if out.ndim != 2:
-        raise ValueError(f"expected a single-channel HxW image, got shape {out.shape}")
+        raise DataError(f"expected a single-channel HxW image, got shape {out.shape}")
     return out
 
 
@@ -91,7 +92,7 @@ def _triple(ir: np.ndarray, vi_y: np.ndarray, fused: np.ndarray) -> tuple[np.nda
     """(A, B, F) as float64 HxW arrays of one common shape."""
     a, b, f = _gray(ir), _gray(vi_y), _gray(fused)
     if not a.shape == b.shape == f.shape:
-        raise ValueError(f"image shapes differ: ir {a.shape}, vi {b.shape}, fused {f.shape}")
+        raise DataError(f"image shapes differ: ir {a.shape}, vi {b.shape}, fused {f.shape}")
     return a, b, f
 
 
@@ -102,7 +103,7 @@ def _levels(img: np.ndarray) -> np.ndarray:
     """
     lv = np.round(_gray(img))
     if lv.size and (lv.min() < 0 or lv.max() > _LEVELS - 1):
-        raise ValueError(f"grey levels must lie in 0..{_LEVELS - 1}, got {lv.min()}..{lv.max()}")
+        raise DataError(f"grey levels must lie in 0..{_LEVELS - 1}, got {lv.min()}..{lv.max()}")
     return lv.astype(np.intp)
 
 
@@ -414,11 +415,11 @@ def mean_metrics(per_image: Mapping[str, Mapping[str, float]]) -> dict[str, dict
     Metric order follows the first image. A report is `{"per_image": per_image, **mean_metrics(per_image)}`.
     """
     if not per_image:
-        raise ValueError("no images to average")
+        raise DataError("no images to average")
     names = list(next(iter(per_image.values())))
     for stem, values in per_image.items():
         if set(values) != set(names):
-            raise ValueError(f"{stem}: metrics {sorted(values)} differ from {sorted(names)}")
+            raise DataError(f"{stem}: metrics {sorted(values)} differ from {sorted(names)}")
 
     def average(stems: list[str]) -> dict[str, float]:
         return {n: float(np.mean([per_image[s][n] for s in stems])) for n in names}
@@ -445,7 +446,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+            raise DataError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -454,13 +455,13 @@ class ConfusionMatrix:
         """Add one prediction (class ids, e.g. the argmax map) and its ground-truth label map of the same shape."""
         pred, gt = np.asarray(pred), np.asarray(gt)
         if pred.shape != gt.shape:
-            raise ValueError(f"prediction shape {pred.shape} != label shape {gt.shape}")
+            raise DataError(f"prediction shape {pred.shape} != label shape {gt.shape}")
         keep = gt != self.ignore_index if self.ignore_index is not None else np.ones(gt.shape, dtype=bool)
         p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
         c = self.num_classes
         for name, ids in (("prediction", p), ("label", g)):
             if ids.size and (ids.min() < 0 or ids.max() >= c):
-                raise ValueError(f"{name} class ids {ids.min()}..{ids.max()} outside 0..{c - 1}")
+                raise DataError(f"{name} class ids {ids.min()}..{ids.max()} outside 0..{c - 1}")
         self.matrix += np.bincount(g * c + p, minlength=c * c).reshape(c, c)
 
     def per_class_iou(self) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import platform
 import subprocess
@@ -48,13 +49,7 @@ def environment(cuda: bool) -> dict[str, Any]:
 
 def run_tests(out: Path) -> dict[str, Any]:
     """The `cuda` tests in a subprocess; test_lifecycle.py only where rclpy can be imported (it needs ROS)."""
-    files = ["test/test_cuda.py"]
-    try:
-        import rclpy  # noqa: F401
-
-        files.append("test/test_lifecycle.py")
-    except ImportError:
-        pass
+    files = ["test/test_cuda.py"] + (["test/test_lifecycle.py"] if importlib.util.find_spec("rclpy") else [])
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rs",
                f"--junitxml={out / 'cuda_tests.xml'}", *files]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

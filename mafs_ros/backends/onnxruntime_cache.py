@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -177,10 +178,8 @@ class CachedOnnxRuntimeBackend:
                              "use backend 'torch'")
         if compile_mode != "none":
             raise ConfigurationError("compile_mode does not apply to backend 'onnxruntime'; use backend 'torch'")
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise UnavailableError("backend 'onnxruntime' needs onnxruntime: pip install onnxruntime onnx") from None
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise UnavailableError("backend 'onnxruntime' needs onnxruntime: pip install onnxruntime onnx")
         loaded = TorchBackend().load(source, torch.device("cpu"), precision="fp32", optimize=False,
                                      compile_mode="none")
         weights = file_sha256(loaded.path) if loaded.path is not None else _weights_digest(loaded.net)

@@ -44,6 +44,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..errors import MafsError
     from ..evaluate import evaluate
     from ..io.layouts import discover_pairs, select_stems
     from ..io.splits import holdout
@@ -57,7 +58,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     try:  # refuses a dataset with any unpaired file or missing folder, listing every problem
         found = [pair for root in args.data for pair in discover_pairs(root, layout=args.layout, split=args.split)]
-    except ValueError as exc:
+    except MafsError as exc:
         logger.error("%s", exc)
         return 2
     pairs = select_stems(found, args.include, args.exclude)
@@ -77,7 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(engine, pairs, args.out, contact_sheet_count=args.contact_sheet,
                           save_fused=args.save_fused, blank=args.blank)
-    except ValueError as exc:  # no pair could be evaluated (each one was logged)
+    except MafsError as exc:  # no pair could be evaluated (each one was logged)
         logger.error("%s", exc)
         return 2
     except OSError as exc:
@@ -109,12 +110,13 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_metrics(args: argparse.Namespace) -> int:
+    from ..errors import MafsError
     from ..evaluate import metrics_report
     from ..reports import fusion_table, write_json
 
     try:
         report = metrics_report(args.ir, args.vi, args.fused)
-    except ValueError as exc:
+    except MafsError as exc:
         logger.error("%s", exc)
         return 2
     try:

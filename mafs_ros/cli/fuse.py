@@ -26,12 +26,13 @@ def run_fuse(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
+    from ..errors import MafsError
     from ..io.files import collect_pairs
     from ..io.images import read_thermal, read_visible
 
     try:
         pairs, problems = collect_pairs(args.ir, args.vi)
-    except ValueError as exc:
+    except MafsError as exc:
         logger.error("%s", exc)
         return 2
     for message in problems:
@@ -52,7 +53,7 @@ def run_fuse(args: argparse.Namespace) -> int:
         try:
             result = engine.infer(read_visible(vi_path), read_thermal(ir_path), want_confidence=False,
                                   want_overlay=True)
-        except ValueError as exc:
+        except MafsError as exc:
             failures += 1
             logger.error("pair %r (ir %s, vi %s): %s", stem, ir_path, vi_path, exc)
             continue

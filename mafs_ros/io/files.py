@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -33,11 +35,11 @@ def collect_pairs(ir: Path, vi: Path) -> tuple[list[tuple[str, Path, Path]], lis
     for what could not be paired. Raises ValueError if the paths are neither two files nor two folders."""
     for path in (ir, vi):
         if not path.exists():
-            raise ValueError(f"no such file or folder: {path}")
+            raise DataError(f"no such file or folder: {path}")
     if ir.is_file() and vi.is_file():
         return [(vi.stem, ir, vi)], []
     if not (ir.is_dir() and vi.is_dir()):
-        raise ValueError(f"--ir and --vi must be two files or two folders, got {ir} and {vi}")
+        raise DataError(f"--ir and --vi must be two files or two folders, got {ir} and {vi}")
     ir_files, problems = image_files(ir)
     vi_files, vi_problems = image_files(vi)
     problems += vi_problems

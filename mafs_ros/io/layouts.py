@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .files import image_files
-from ..errors import MafsError
+from ..errors import ConfigurationError, MafsError
 
 LAYOUTS = ("msrs", "mfnet", "fmb", "pst900", "pairs")
 
@@ -94,7 +94,7 @@ def discover_pairs(root: str | Path, layout: str = "auto", split: str = "train")
     if layout == "auto":
         layout = detect_layout(root)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown dataset layout {layout!r}; known: {LAYOUTS} or 'auto'")
+        raise ConfigurationError(f"unknown dataset layout {layout!r}; known: {LAYOUTS} or 'auto'")
     if layout == "pairs":
         pairs, problems = _discover_plain(root)
     elif layout == "mfnet":

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import ConfigurationError
+
 PROTOCOLS = ("block", "interleaved", "none")
 
 _MFNET_STEM = re.compile(r"^(\d{3})(\d{2})([DN])$")
@@ -53,7 +55,7 @@ def holdout(stems: Iterable[str], protocol: str) -> Holdout:
     Interleaved counts the labelled frames given, so pass the stems of every folder that is split together.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown validation protocol {protocol!r}; known: {PROTOCOLS}")
+        raise ConfigurationError(f"unknown validation protocol {protocol!r}; known: {PROTOCOLS}")
     stems = sorted(set(stems))
     if protocol == "none":
         return Holdout(frozenset(), frozenset())
