@@ -1,6 +1,8 @@
 """Session set-up and fixtures shared by every test module."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ use_large_image_profile(os.environ)
 # The onnxruntime backend (the default on a CPU) caches the graphs it exports per user; the tests keep theirs in
 # a folder of their own, shared by the processes they start, so that the user's cache is never touched.
 os.environ["MAFS_ROS_CACHE"] = tempfile.mkdtemp(prefix="mafs_ros_test_cache_")
+atexit.register(shutil.rmtree, os.environ["MAFS_ROS_CACHE"], ignore_errors=True)
 
 
 def pytest_configure(config):
