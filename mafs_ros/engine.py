@@ -39,7 +39,7 @@ from .checkpoint import Checkpoint
 from .class_sets import IGNORE_LABEL
 from .constants import COMPILE_MODES, PRECISION_NAMES, SIZE_POLICIES
 from .errors import ConfigurationError, InputError, UnavailableError
-from .imaging import THERMAL_DTYPES, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
+from .imaging import THERMAL_DTYPES, ThermalAgc, ThermalNormalization, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 from .model import MafsConfig
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class FusionResult:
     overlay:    (H, W, 3) uint8 label colours blended over fused_rgb, or None if not requested.
     timings:    milliseconds: preprocess_ms, inference_ms, postprocess_ms (for a batch: the batch's time
                 divided by its size).
+    thermal_span: the share of [0, 1] the normalised thermal input spans (1st to 99th percentile): a few
+                percent means the thermal normalisation does not suit the camera (raw 16-bit counts under
+                "fixed"), and the thermal image hardly reaches the network.
     """
 
     fused_rgb: np.ndarray
@@ -67,6 +70,7 @@ class FusionResult:
     confidence: np.ndarray | None
     overlay: np.ndarray | None
     timings: dict[str, float]
+    thermal_span: float | None = None
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -205,15 +209,16 @@ class MafsEngine:
         self._compile_mode = compile_mode
         self._precision = precision
         self._size_policy = size_policy
-        self._thermal_normalization = (
+        self._checkpoint_thermal = loaded.inputs.thermal_normalization
+        self._thermal = ThermalAgc(
             ThermalNormalization.from_spec(thermal_normalization)
             if thermal_normalization is not None
-            else loaded.inputs.thermal_normalization
+            else self._checkpoint_thermal
         )
         self._overlay_alpha = overlay_alpha
         logger.info(
             "MafsEngine: %s (%d classes) on %s, %s, thermal %s, size policy %s",
-            self._config.name, self._config.num_classes, self._device, precision, self._thermal_normalization,
+            self._config.name, self._config.num_classes, self._device, precision, self.thermal_normalization,
             size_policy,
         )
         if warmup > 0:
@@ -280,7 +285,14 @@ class MafsEngine:
 
     @property
     def thermal_normalization(self) -> ThermalNormalization:
-        return self._thermal_normalization
+        """How thermal frames become the network's input; settable while running (a spec string, dict or
+        ThermalNormalization; "auto" then starts its smoothed range over)."""
+        return self._thermal.normalization
+
+    @thermal_normalization.setter
+    def thermal_normalization(self, spec: "str | dict[str, Any] | ThermalNormalization | None") -> None:
+        normalization = self._checkpoint_thermal if spec is None else ThermalNormalization.from_spec(spec)
+        self._thermal = ThermalAgc(normalization, self._thermal.weight)
 
     @property
     def overlay_alpha(self) -> float:
@@ -322,7 +334,7 @@ class MafsEngine:
             "engine": {
                 "device": str(self._device),
                 "precision": self._precision,
-                "thermal_normalization": str(self._thermal_normalization),
+                "thermal_normalization": str(self.thermal_normalization),
                 "size_policy": self._size_policy,
             },
         }
@@ -443,6 +455,10 @@ class MafsEngine:
         fused_y = to_uint8(fused[:, 0]).cpu().numpy()
         labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         confidence = torch.softmax(logits, dim=1).amax(dim=1).cpu().numpy() if want_confidence else None
+        # Every 4th pixel of each axis gives the percentiles to a few thousandths.
+        levels = torch.tensor([0.01, 0.99], device=ir_net.device)
+        lo, hi = torch.quantile(ir_net[:, 0, ::4, ::4].flatten(1).float(), levels, dim=1)
+        thermal_spans = (hi - lo).tolist()
         results = []
         for i in range(len(batch)):
             overlay_img = (
@@ -456,6 +472,7 @@ class MafsEngine:
                     confidence=confidence[i] if confidence is not None else None,
                     overlay=overlay_img,
                     timings={},
+                    thermal_span=thermal_spans[i],
                 )
             )
         clock.mark()
@@ -484,7 +501,7 @@ class MafsEngine:
         and the visible Cb, Cr (B, 1, H, W) at the input size for colour restoration."""
         net_size = self._network_size(*batch[0][1].shape)
         vi = torch.stack([self._visible_tensor(rgb) for rgb, _ in batch])  # (B,3,H,W)
-        ir = torch.stack([self._thermal_normalization.apply(th, self._device) for _, th in batch]).unsqueeze(1)
+        ir = torch.stack([self._thermal.apply(th, self._device) for _, th in batch]).unsqueeze(1)
         _, cb, cr = rgb_to_ycbcr(vi)
         vi_net = self._to_network_size(vi, net_size).contiguous(memory_format=self._memory_format)
         ir_net = self._to_network_size(ir, net_size).contiguous(memory_format=self._memory_format)

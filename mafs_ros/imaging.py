@@ -18,7 +18,7 @@ from .errors import ConfigurationError, InputError
 from .class_sets import IGNORE_LABEL
 from .constants import LUMA_BT601
 
-THERMAL_NORMALIZATIONS = ("fixed", "minmax", "percentile")
+THERMAL_NORMALIZATIONS = ("fixed", "minmax", "percentile", "auto")
 THERMAL_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 # Full range of the integer dtypes, used by `fixed` when no explicit range is given.
 _DEFAULT_FIXED_RANGE = {np.dtype(np.uint8): (0.0, 255.0), np.dtype(np.uint16): (0.0, 65535.0)}
@@ -89,10 +89,13 @@ class ThermalNormalization:
       - "minmax": per frame, (x - min) / (max - min); a constant frame gives zeros.
       - "percentile": per frame, clip to the p_lo..p_hi percentiles (linear interpolation, as
         numpy.percentile) and stretch that interval to [0, 1]; robust to hot or dead pixels.
+      - "auto": "fixed" for uint8 frames (an AGC camera's 8-bit output, as the network was trained on), and
+        "percentile" for uint16 and float frames (raw 14/16-bit counts, temperatures), which "fixed" would squeeze
+        into a few percent of the range. `ThermalAgc` smooths that range over the frames of a stream.
     lo, hi: the range of "fixed" (both or neither).
     p_lo, p_hi: percentiles of "percentile", 0 <= p_lo < p_hi <= 100.
 
-    Text form (`from_spec`/`str`): "fixed", "fixed:20,40", "minmax", "percentile", "percentile:2,98".
+    Text form (`from_spec`/`str`): "fixed", "fixed:20,40", "minmax", "percentile", "percentile:2,98", "auto".
     """
 
     name: str = "fixed"
@@ -140,7 +143,7 @@ class ThermalNormalization:
         if len(values) != 2 or name.strip() not in ("fixed", "percentile"):
             raise ConfigurationError(
                 f"bad thermal normalisation spec {spec!r}; use 'fixed', 'fixed:LO,HI', 'minmax', "
-                "'percentile' or 'percentile:P_LO,P_HI'"
+                "'percentile', 'percentile:P_LO,P_HI' or 'auto'"
             )
         if name.strip() == "fixed":
             return cls(name="fixed", lo=values[0], hi=values[1])
@@ -159,7 +162,7 @@ class ThermalNormalization:
             return f"fixed:{self.lo:g},{self.hi:g}"
         if self.name == "percentile":
             return f"percentile:{self.p_lo:g},{self.p_hi:g}"
-        return self.name
+        return self.name  # minmax, auto (percentiles 1, 99)
 
     def apply(self, thermal: "np.ndarray | torch.Tensor", device: "torch.device | str | None" = None) -> torch.Tensor:
         """Normalise one thermal frame.
@@ -169,15 +172,8 @@ class ThermalNormalization:
         Returns (H, W) float32 in [0, 1] on `device`.
         Raises ValueError for another dtype or shape, or NaN/inf values in float thermal.
         """
-        x, np_dtype = _thermal_to_float_tensor(thermal, device)
-        if np_dtype.kind == "f":
-            bad = int((~torch.isfinite(x)).sum())
-            if bad:
-                raise InputError(
-                    f"thermal image contains {bad} non-finite value(s) (NaN/inf); mask or replace them "
-                    "before inference"
-                )
-        if self.name == "fixed":
+        x, np_dtype = self.prepare(thermal, device)
+        if self.name == "fixed" or (self.name == "auto" and np_dtype == np.uint8):
             if self.lo is not None:
                 lo, hi = self.lo, self.hi
             elif np_dtype in _DEFAULT_FIXED_RANGE:
@@ -191,13 +187,68 @@ class ThermalNormalization:
         if np_dtype.kind == "f":
             x = x.double()  # finite values near ±3e38 would overflow (x - lo) and (hi - lo) in float32
         if self.name == "minmax":
-            lo_t, hi_t = x.min(), x.max()
-        else:
-            lo_t, hi_t = _percentiles(x, self.p_lo, self.p_hi)
-        # Tensor ops only (no .item()), so that a GPU never has to synchronise here.
-        span = hi_t - lo_t
-        scale = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-        return ((x - lo_t) * scale).clamp(0.0, 1.0).float()
+            return stretch(x, x.min(), x.max())
+        return stretch(x, *_percentiles(x, self.p_lo, self.p_hi))
+
+    @staticmethod
+    def prepare(thermal: "np.ndarray | torch.Tensor", device: "torch.device | str | None") -> tuple[torch.Tensor, np.dtype]:
+        """One thermal frame as a float32 tensor on `device` and its original dtype; InputError for another dtype
+        or shape, or NaN/inf values in float thermal."""
+        x, np_dtype = _thermal_to_float_tensor(thermal, device)
+        if np_dtype.kind == "f":
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise InputError(
+                    f"thermal image contains {bad} non-finite value(s) (NaN/inf); mask or replace them "
+                    "before inference"
+                )
+        return x, np_dtype
+
+
+def stretch(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(x - lo) / (hi - lo) clipped to [0, 1] as float32; zeros where hi <= lo. Tensor ops only (no .item()),
+    so that a GPU never has to synchronise here."""
+    span = hi - lo
+    scale = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    return ((x - lo) * scale).clamp(0.0, 1.0).float()
+
+
+class ThermalAgc:
+    """A stream's thermal normalisation: "auto" with its percentile range smoothed over the frames, as a thermal
+    camera's automatic gain control does, so that the brightness of the network's input does not flicker from
+    frame to frame; every other normalisation, and "auto" on 8-bit frames, as `ThermalNormalization.apply`.
+
+    weight: the newest frame's share of the smoothed range (exponential smoothing; 1 is per frame). A frame of
+    another dtype or size starts over, as does `reset`.
+    """
+
+    def __init__(self, normalization: ThermalNormalization, weight: float = 0.2) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ConfigurationError(f"the AGC weight must be in (0, 1], got {weight}")
+        self.normalization = normalization
+        self.weight = weight
+        self._range: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._key: tuple[Any, ...] | None = None
+
+    def reset(self) -> None:
+        self._range = self._key = None
+
+    def apply(self, thermal: "np.ndarray | torch.Tensor", device: "torch.device | str | None" = None) -> torch.Tensor:
+        """Normalise the next frame of the stream: (H, W) in, (H, W) float32 in [0, 1] on `device` out."""
+        norm = self.normalization
+        if norm.name != "auto" or (isinstance(thermal, np.ndarray) and thermal.dtype == np.uint8):
+            return norm.apply(thermal, device)
+        x, np_dtype = norm.prepare(thermal, device)
+        if np_dtype == np.uint8:
+            return norm.apply(thermal, device)
+        x = x.double()
+        lo, hi = _percentiles(x, norm.p_lo, norm.p_hi)
+        key = (np_dtype, tuple(x.shape), x.device)
+        if self._range is not None and key == self._key:
+            lo = (1 - self.weight) * self._range[0] + self.weight * lo
+            hi = (1 - self.weight) * self._range[1] + self.weight * hi
+        self._range, self._key = (lo, hi), key
+        return stretch(x, lo, hi)
 
 
 def thermal_u8(source: Any, thermal: np.ndarray) -> np.ndarray:

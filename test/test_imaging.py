@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mafs_ros.class_sets import CLASS_SETS, IGNORE_LABEL, default_class_set, get_class_set
-from mafs_ros.imaging import ThermalNormalization, colorize, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
+from mafs_ros.imaging import ThermalAgc, ThermalNormalization, colorize, overlay, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 
 
 def _pixel(r: float, g: float, b: float) -> torch.Tensor:
@@ -199,3 +199,32 @@ def test_minmax_and_percentile_of_extreme_finite_floats_stay_finite():
         y = ThermalNormalization.from_spec(spec).apply(x)
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
         assert y[0, 0] == 0.0 and y[1, 1] == 1.0 and abs(y[0, 1].item() - 0.5) < 1e-6
+
+
+def test_auto_keeps_8_bit_thermal_and_spreads_raw_16_bit_counts():
+    auto = ThermalNormalization.from_spec("auto")
+    assert str(auto) == "auto" and auto.to_dict() == {"name": "auto"}
+    x8 = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
+    assert torch.equal(auto.apply(x8), ThermalNormalization().apply(x8))  # what the model was trained on
+    raw = (7400 + x8.astype(np.uint16) * 3).astype(np.uint16)  # a 14-bit camera's counts in a street scene
+    fixed = ThermalNormalization().apply(raw)
+    assert float(fixed.max() - fixed.min()) < 0.02  # /65535: the thermal image all but vanishes
+    spread = auto.apply(raw)
+    assert float(spread.max() - spread.min()) == 1.0
+
+
+def test_the_agc_smooths_the_auto_range_over_frames():
+    auto = ThermalNormalization.from_spec("auto")
+    base = (7400 + np.random.default_rng(0).integers(0, 256, (48, 64)) * 3).astype(np.uint16)
+    agc = ThermalAgc(auto, weight=0.2)
+    first = float(agc.apply(base).mean())
+    warmer = base + np.uint16(300)  # the whole scene warms up (or the camera's offset drifts)
+    means = [float(agc.apply(warmer).mean()) for _ in range(40)]
+    # Per frame, an offset would change nothing; smoothed, the image brightens and then settles back.
+    assert first < means[0] < 1.0 and means[0] > means[5] > means[-1]
+    assert abs(means[-1] - first) < 0.01
+    assert abs(float(agc.apply(base[:32]).mean()) - float(auto.apply(base[:32]).mean())) < 1e-6  # new size: anew
+    x8 = base.astype(np.uint8)
+    assert torch.equal(agc.apply(x8), auto.apply(x8))
+    with pytest.raises(ValueError, match="weight"):
+        ThermalAgc(auto, weight=0.0)

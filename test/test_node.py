@@ -606,3 +606,21 @@ def test_help_prints_every_parameter_and_starts_nothing(capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("usage: mafs_node") and all(f"  {name} = " in printed for name in PARAMETERS)
     assert "backend = 'auto'" in printed
+
+
+def test_raw_16_bit_thermal_warns_under_fixed_and_auto_fixes_it_while_running(ros):
+    node = start_node(ros, engine=stand_in_engine(thermal_normalization="fixed"), diagnostics_period_s=0.2)
+    (rgb, thermal), = sample_pairs(PAIR_SIZE, 1)
+    raw = (7400 + thermal.astype(np.uint16) * 3).astype(np.uint16)  # a 14-bit camera's counts
+    publish_pair(ros, rgb, raw, T0, T0, thermal_encoding="mono16")
+    assert ros.wait_for(lambda: len(results(ros)) == 1)
+    assert ros.wait_for(lambda: "thermal_normalization" in diagnostics_values(ros)[1], 5)
+    level, message, values = diagnostics_values(ros)
+    assert level == DiagnosticStatus.WARN and float(values["thermal_span_p50"]) < 0.05
+    assert node.set_parameters([Parameter("thermal_normalization", value="auto")])[0].successful
+    publish_pair(ros, rgb, raw, T0 + 100 * MS, T0 + 100 * MS, thermal_encoding="mono16")
+    assert ros.wait_for(lambda: len(results(ros)) == 2)
+    assert ros.wait_for(lambda: float(diagnostics_values(ros)[2].get("thermal_span_p50", "nan")) > 0.5, 5)
+    assert "thermal_normalization" not in diagnostics_values(ros)[1]
+    refused = node.set_parameters([Parameter("thermal_normalization", value="loud")])[0]
+    assert not refused.successful and "not a thermal normalisation" in refused.reason

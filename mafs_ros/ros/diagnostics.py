@@ -29,6 +29,9 @@ TRANSPORT_HINT = "see 'Large images over Fast DDS' in the README (the publisher'
 # Rejection reasons counted per pair (both frames were accepted and paired); every other reason counts one frame.
 PAIR_REJECTIONS = ("size_mismatch", "inference_error")
 TIMING_WINDOW = 300  # recent published pairs the timing percentiles cover
+# The normalised thermal input spanning less than this share of [0, 1] (median of recent pairs) turns the status
+# WARN: the thermal normalisation does not suit the camera (raw 16-bit counts under "fixed").
+THERMAL_SPAN_WARN = 0.05
 
 
 class RateCounter:
@@ -60,6 +63,7 @@ class Report:
     errors: int  # inference errors
     last_error: str
     timings_ms: dict[str, float]  # inference_ms_p50, ..., node_overhead_ms_p50
+    thermal_span_p50: float | None = None  # median share of [0, 1] the normalised thermal spans (engine)
 
 
 class FrameAccounting:
@@ -80,6 +84,7 @@ class FrameAccounting:
         self._inference_ms: deque[float] = deque(maxlen=TIMING_WINDOW)
         self._latency_ms: deque[float] = deque(maxlen=TIMING_WINDOW)
         self._overhead_ms: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self._thermal_span: deque[float] = deque(maxlen=TIMING_WINDOW)
         self._last_report = time.monotonic()
 
     def frame_received(self, topic: str, stamp_ns: int) -> None:
@@ -119,12 +124,20 @@ class FrameAccounting:
         with self._lock:
             self._incompatible_qos.pop(topic, None)
 
-    def published(self, inference_ms: float, latency_ms: float, overhead_ms: float) -> None:
+    def published(self, inference_ms: float, latency_ms: float, overhead_ms: float,
+                  thermal_span: float | None = None) -> None:
         self.output_rate.tick()
         with self._lock:
             self._inference_ms.append(inference_ms)
             self._latency_ms.append(latency_ms)
             self._overhead_ms.append(overhead_ms)
+            if thermal_span is not None:
+                self._thermal_span.append(thermal_span)
+
+    def thermal_changed(self) -> None:
+        """The thermal normalisation changed: the spans measured under the old one no longer say anything."""
+        with self._lock:
+            self._thermal_span.clear()
 
     def overhead_ms(self) -> list[float]:
         with self._lock:
@@ -159,6 +172,7 @@ class FrameAccounting:
         self._last_report = now
         with self._lock:
             inference, latency, overhead = list(self._inference_ms), list(self._latency_ms), list(self._overhead_ms)
+            spans = list(self._thermal_span)
             errors, self._errors_since_report = self._errors_since_report, 0
             last_error = self._last_inference_error
         return Report(
@@ -173,6 +187,7 @@ class FrameAccounting:
                 "latency_ms_p95": percentile(latency, 95),
                 "node_overhead_ms_p50": percentile(overhead, 50),
             },
+            thermal_span_p50=percentile(spans, 50) if spans else None,
         )
 
     def lossy_inputs(self) -> dict[str, float]:
@@ -195,6 +210,11 @@ def fusion_status(report: Report, *, fusing: str | None, incompatible: Mapping[s
         return DiagnosticStatus.WARN, "frames lost before the node: " + ", ".join(
             f"{resolve(t)} {p:.0f} %" for t, p in lossy.items()
         ) + f" of the recent frames (gaps in the header stamps); {TRANSPORT_HINT}"
+    if report.thermal_span_p50 is not None and report.thermal_span_p50 < THERMAL_SPAN_WARN:
+        return DiagnosticStatus.WARN, (
+            f"the normalised thermal image spans only {report.thermal_span_p50:.1%} of the network's input range: "
+            "parameter thermal_normalization does not suit the camera (raw 16-bit counts under 'fixed'?); "
+            "use auto or percentile")
     if min(report.input_rates_hz.values()) == 0.0:
         return DiagnosticStatus.WARN, "waiting for input on " + ", ".join(
             resolve(t) for t, r in report.input_rates_hz.items() if r == 0.0
@@ -214,6 +234,7 @@ def status_values(report: Report, counters: Mapping[str, Any], accounting: Frame
         "thermal_rate_hz": report.input_rates_hz[THERMAL_TOPIC],
         "output_rate_hz": report.output_rate_hz,
         **report.timings_ms,
+        "thermal_span_p50": report.thermal_span_p50 if report.thermal_span_p50 is not None else float("nan"),
         "pair_skew_ms_signed_mean": pairing.get("skew_ms_signed_mean", float("nan")),
         "pair_skew_ms_p50": pairing.get("skew_ms_p50", float("nan")),
         "pair_skew_ms_max": pairing.get("skew_ms_max", float("nan")),

@@ -341,7 +341,8 @@ class MafsNode(ManagedSteps, Node):
         latency_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
         callbacks_ms = pair.rgb.callback_ms + pair.thermal.callback_ms
         self._accounting.published(sum(result.timings.values()), latency_ms,
-                                   callbacks_ms + processed.registration_ms + (done - inferred) * 1e3)
+                                   callbacks_ms + processed.registration_ms + (done - inferred) * 1e3,
+                                   getattr(result, "thermal_span", None))
 
     # ------------------------------------------------------------------------------------------------
     # Diagnostics and parameters
@@ -426,6 +427,9 @@ class MafsNode(ManagedSteps, Node):
             self._pairer.retune(slop_s=float(value))
         elif name == "sync.thermal_offset_s":
             self._pairer.retune(thermal_offset_s=float(value))
+        elif name == "thermal_normalization":
+            self._engine.thermal_normalization = value or None
+            self._accounting.thermal_changed()
         elif name == "sync.max_wait_s":
             self._hand_over(None, self._pairer.retune(max_wait_s=float(value)), time.perf_counter())
             self._workers.wake_deadline()

@@ -44,9 +44,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                         "PyTorch otherwise."),
     "compile_mode": ("none", "none | default | reduce-overhead (CUDA graphs on a GPU) | max-autotune: torch.compile "
                             "the network; compiling takes minutes during the warm-up."),
-    "thermal_normalization": ("", "Thermal scaling to [0, 1]: empty = the checkpoint's; 'fixed' (8-bit /255, "
-                                  "16-bit /65535; 32FC1 needs a range), 'fixed:LO,HI' (e.g. degrees C), 'minmax' (per "
-                                  "frame), 'percentile:LO,HI' (per-frame AGC)."),
+    "thermal_normalization": ("auto", "Thermal scaling to [0, 1]: 'auto' (8-bit as 'fixed', 16-bit and 32FC1 by a "
+                                      "percentile stretch smoothed over frames, as a camera's AGC); 'fixed' (8-bit /255, "
+                                      "16-bit /65535; 32FC1 needs a range), 'fixed:LO,HI' (e.g. degrees C), 'minmax' "
+                                      "(per frame), 'percentile:LO,HI' (per frame); empty: the checkpoint's (changeable "
+                                      "at run time)."),
     "overlay_alpha": (0.5, "Weight of the label colours in segmentation/overlay, 0..1 (changeable at run time)."),
     "publish_confidence": (False, "Compute and publish segmentation/confidence (32FC1 max softmax) and fill "
                                   "mafs/result.confidence (changeable at run time)."),
@@ -73,7 +75,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "lifecycle": (False, "true: a managed node that starts unconfigured and is driven through <node>/change_state "
                          "(configure loads the model, activate starts fusing); false: it starts fusing at once."),
 }
-RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "sync.thermal_offset_s", "sync.max_wait_s")
+RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "sync.thermal_offset_s", "sync.max_wait_s",
+                      "thermal_normalization")
 # Read when the node is created, in both modes; the other parameters are read by configure (a managed node
 # accepts changes to them while unconfigured).
 CREATION_PARAMETERS = ("lifecycle", "diagnostics_period_s")
@@ -227,4 +230,13 @@ def runtime_value_problem(name: str, value: Any, kind: int) -> str | None:
         return "must be a finite number >= 0"
     if name == "publish_confidence" and kind != ParameterType.PARAMETER_BOOL:
         return "must be true or false"
+    if name == "thermal_normalization":
+        if kind != ParameterType.PARAMETER_STRING:
+            return "must be a string"
+        from ..imaging import ThermalNormalization
+
+        try:
+            ThermalNormalization.from_spec(value) if value else None
+        except MafsError as exc:
+            return f"is not a thermal normalisation ({exc})"
     return None
