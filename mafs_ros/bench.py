@@ -267,9 +267,12 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
             progress(record)
 
     for device in available_devices(plan.devices):
+        peaks: dict[torch.dtype, float] = {}  # measured once per device and dtype, in this run
         for config in plan.configs:
             network = reference_network(config)
-            eager = copy.deepcopy(network).to(device) if plan.eager else None
+            on_device = copy.deepcopy(network).to(device)  # the eager reference, and what the MACs are counted on
+            eager = on_device if plan.eager else None
+            macs = {size: count_macs(on_device, *size) for size in plan.sizes}
             eager_times: dict[tuple[int, int, int], list[float]] = {}  # (H, W, batch): one eager run for all precisions
             for precision in plan.precisions or precisions_for(device):
                 if precision == "fp16" and device.type != "cuda":
@@ -278,9 +281,11 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                     device, precision, plan.compile_mode)
                 engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True,
                                     compile_mode=plan.compile_mode, backend=backend)
-                peak = measured_peak_tflops(device, torch.float32 if precision == "fp32" else torch.float16)
+                dtype = torch.float32 if precision == "fp32" else torch.float16
+                if dtype not in peaks:
+                    peaks[dtype] = measured_peak_tflops(device, dtype)
+                peak = peaks[dtype]
                 for height, width in plan.sizes:
-                    macs = count_macs(copy.deepcopy(network).to(device), height, width)
                     for batch in plan.batches:
                         pairs = sample_pairs((height, width), batch)
                         common = dict(config=config, device=device.type, precision=precision, batch=batch,
@@ -305,8 +310,9 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                         record = BenchRecord(what="engine", median_ms=median, p95_ms=p95,
                                              pairs_per_s=batch / median * 1e3, runs=len(times),
                                              stages_ms=stage_medians(stages, len(times)), backend=engine.backend,
-                                             achieved_tflops=2 * macs * batch / (median / 1e3) / 1e12,
-                                             compute_floor_ms=2 * macs * batch / (peak * 1e12) * 1e3, **common)
+                                             achieved_tflops=2 * macs[height, width] * batch / (median / 1e3) / 1e12,
+                                             compute_floor_ms=2 * macs[height, width] * batch / (peak * 1e12) * 1e3,
+                                             **common)
                         if device.type == "cuda":
                             record.peak_gpu_mib = torch.cuda.max_memory_allocated(device) / 2**20
                         if eager is not None:

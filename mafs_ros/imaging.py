@@ -172,7 +172,10 @@ class ThermalNormalization:
         Returns (H, W) float32 in [0, 1] on `device`.
         Raises ValueError for another dtype or shape, or NaN/inf values in float thermal.
         """
-        x, np_dtype = self.prepare(thermal, device)
+        return self.normalize(*self.prepare(thermal, device))
+
+    def normalize(self, x: torch.Tensor, np_dtype: np.dtype) -> torch.Tensor:
+        """The normalisation of a frame `prepare` made: x (H, W) float32, np_dtype its original dtype."""
         if self.name == "fixed" or (self.name == "auto" and np_dtype == np.uint8):
             if self.lo is not None:
                 lo, hi = self.lo, self.hi
@@ -236,11 +239,9 @@ class ThermalAgc:
     def apply(self, thermal: "np.ndarray | torch.Tensor", device: "torch.device | str | None" = None) -> torch.Tensor:
         """Normalise the next frame of the stream: (H, W) in, (H, W) float32 in [0, 1] on `device` out."""
         norm = self.normalization
-        if norm.name != "auto" or (isinstance(thermal, np.ndarray) and thermal.dtype == np.uint8):
-            return norm.apply(thermal, device)
         x, np_dtype = norm.prepare(thermal, device)
-        if np_dtype == np.uint8:
-            return norm.apply(thermal, device)
+        if norm.name != "auto" or np_dtype == np.uint8:
+            return norm.normalize(x, np_dtype)
         x = x.double()
         lo, hi = _percentiles(x, norm.p_lo, norm.p_hi)
         key = (np_dtype, tuple(x.shape), x.device)

@@ -17,7 +17,7 @@ import numpy as np
 from mafs_ros.checkpoint import build_model_from_checkpoint, load_checkpoint
 from mafs_ros.io.layouts import discover_pairs
 from mafs_ros.io.splits import holdout
-from mafs_ros.train.class_offsets import class_log_probs, fit_class_offsets, miou_with
+from mafs_ros.train.class_offsets import class_log_probs, fit_class_offsets, confusion_with
 
 MFNET = (Path("../shared/data/mfnet_sample"), Path("../shared/data/mfnet_extra"))
 
@@ -37,7 +37,7 @@ def main() -> int:
     offsets = fit_class_offsets(*train)
     print("offsets:", " ".join(f"{v:.2f}" for v in offsets))
     for name, values in (("without", np.zeros_like(offsets)), ("with", offsets)):
-        matrix = miou_with(*held_out, values)
+        matrix = confusion_with(*held_out, values)
         print(f"{name} offsets: held-out mIoU {matrix.miou():.3f}, per class",
               " ".join(f"{v:.3f}" for v in matrix.per_class_iou()))
     return 0

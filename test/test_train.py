@@ -284,7 +284,7 @@ def test_fusion_losses_every_nth_step_leave_the_others_to_segmentation(tmp_path:
 
 
 def test_class_offsets_let_a_learnt_but_outranked_class_win():
-    from mafs_ros.train.class_offsets import fit_class_offsets, miou_with
+    from mafs_ros.train.class_offsets import fit_class_offsets, confusion_with
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 3000)
@@ -296,7 +296,7 @@ def test_class_offsets_let_a_learnt_but_outranked_class_win():
     zero = np.zeros(3, np.float32)
     offsets = fit_class_offsets(logp, labels)
     assert offsets[0] == 0 and 0.5 < offsets[2] < 1.5
-    assert miou_with(logp, labels, offsets).per_class_iou()[2] > 0.9 > 0.1 > miou_with(logp, labels, zero).per_class_iou()[2]
+    assert confusion_with(logp, labels, offsets).per_class_iou()[2] > 0.9 > 0.1 > confusion_with(logp, labels, zero).per_class_iou()[2]
 
 
 def test_class_offsets_are_fitted_at_the_end_and_folded_into_the_classifier(tmp_path: Path) -> None:

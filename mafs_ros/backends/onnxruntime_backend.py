@@ -157,18 +157,25 @@ class OnnxRuntimeBackend:
     def load(
         self, source: Any, device: torch.device, *, precision: str, optimize: bool | None, compile_mode: str
     ) -> LoadedNet:
-        if precision != "fp32":
-            raise ConfigurationError(f"precision {precision!r} is not available with an ONNX model (onnxruntime runs "
-                             "its fp32 graph); use fp32, or build a TensorRT engine for fp16 (docs/PERFORMANCE.md)")
+        refuse_torch_options(precision, compile_mode, "an ONNX model",
+                             "use fp32, or build a TensorRT engine for fp16 (docs/PERFORMANCE.md)")
         if optimize:
             raise ConfigurationError("optimize does not apply to an ONNX model (BatchNorm is folded at export)")
-        if compile_mode != "none":
-            raise ConfigurationError("compile_mode does not apply to an ONNX model")
         net = OnnxRuntimeNet(source, device)
         return LoadedNet(
             net=net, backend=self.name, config=net.config, class_names=net.class_names, palette=net.palette,
             inputs=net.inputs, trained=net.trained, path=net.path, optimized=False,
         )
+
+
+def refuse_torch_options(precision: str, compile_mode: str, what: str, hint: str) -> None:
+    """ConfigurationError for the PyTorch-only engine options with `what` (onnxruntime runs an fp32 graph and
+    compiles it itself); `hint` says what to do instead."""
+    if precision != "fp32":
+        raise ConfigurationError(f"precision {precision!r} is not available with {what} (fp32 only: onnxruntime "
+                                 f"runs an fp32 graph); {hint}")
+    if compile_mode != "none":
+        raise ConfigurationError(f"compile_mode does not apply to {what}; {hint}")
 
 
 def _to_numpy(x: torch.Tensor) -> np.ndarray:

@@ -33,11 +33,11 @@ import torch
 from .. import __version__
 from ..checkpoint import CheckpointError
 from ..constants import ONNX_DEFAULT_OPSET, ONNX_FORMAT_VERSION
-from ..errors import ConfigurationError, UnavailableError
+from ..errors import UnavailableError
 from ..model import MafsOutput
 from .base import LoadedNet
 from .onnx_export import compare_outputs, file_sha256, metadata_props, onnx_graph, save_onnx
-from .onnxruntime_backend import OnnxRuntimeNet
+from .onnxruntime_backend import OnnxRuntimeNet, refuse_torch_options
 from .torch_backend import TorchBackend
 
 logger = logging.getLogger(__name__)
@@ -173,11 +173,7 @@ class CachedOnnxRuntimeBackend:
     def load(
         self, source: Any, device: torch.device, *, precision: str, optimize: bool | None, compile_mode: str
     ) -> LoadedNet:
-        if precision != "fp32":
-            raise ConfigurationError(f"precision {precision!r} is not available with backend 'onnxruntime' (fp32 only); "
-                             "use backend 'torch'")
-        if compile_mode != "none":
-            raise ConfigurationError("compile_mode does not apply to backend 'onnxruntime'; use backend 'torch'")
+        refuse_torch_options(precision, compile_mode, "backend 'onnxruntime'", "use backend 'torch'")
         if importlib.util.find_spec("onnxruntime") is None:
             raise UnavailableError("backend 'onnxruntime' needs onnxruntime: pip install onnxruntime onnx")
         loaded = TorchBackend().load(source, torch.device("cpu"), precision="fp32", optimize=False,

@@ -53,7 +53,7 @@ def class_log_probs(
     return np.concatenate(scores, axis=1), np.concatenate(labels)
 
 
-def miou_with(logp: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> ConfusionMatrix:
+def confusion_with(logp: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> ConfusionMatrix:
     """The confusion matrix of arg-max(logp + offsets) against labels."""
     matrix = ConfusionMatrix(len(offsets))
     matrix.update((logp + offsets[:, None]).argmax(0), labels)
@@ -69,7 +69,7 @@ def fit_class_offsets(logp: np.ndarray, labels: np.ndarray, grid: Sequence[float
             def miou(value: float) -> float:
                 trial = offsets.copy()
                 trial[c] = value
-                return miou_with(logp, labels, trial).miou()
+                return confusion_with(logp, labels, trial).miou()
 
             offsets[c] = max(grid, key=miou)
     return offsets
