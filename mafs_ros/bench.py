@@ -282,9 +282,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[BenchRecord], None] | None = 
                 engine = MafsEngine(model=network, device=str(device), precision=precision, optimize=True,
                                     compile_mode=plan.compile_mode, backend=backend)
                 dtype = torch.float32 if precision == "fp32" else torch.float16
-                if dtype not in peaks:
-                    peaks[dtype] = measured_peak_tflops(device, dtype)
-                peak = peaks[dtype]
+                peak = peaks[dtype] if dtype in peaks else peaks.setdefault(dtype, measured_peak_tflops(device, dtype))
                 for height, width in plan.sizes:
                     for batch in plan.batches:
                         pairs = sample_pairs((height, width), batch)
