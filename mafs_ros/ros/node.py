@@ -37,6 +37,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNodeMixin
 from rclpy.node import Node
@@ -484,6 +485,11 @@ def main(args: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # A SIGTERM/SIGINT can shut the context down while the executor builds its wait set (rclpy raises this
+        # then instead of ExternalShutdownException): a clean shutdown all the same; any other keeps its traceback.
+        if rclpy.ok():
+            raise
     finally:
         worker_ended = node.stop() if node is not None else True
         if node is not None:
