@@ -2,7 +2,8 @@
 
     ros2 launch mafs_ros mafs.launch.py rgb_topic:=/camera/color/image_raw thermal_topic:=/thermal/image_raw
     ros2 launch mafs_ros mafs.launch.py namespace:=front device:=cuda rviz:=true
-    ros2 launch mafs_ros mafs.launch.py lifecycle:=true    # then: ros2 lifecycle set /mafs configure, activate
+    ros2 launch mafs_ros mafs.launch.py lifecycle:=true    # a managed node, configured and activated at launch
+    ros2 launch mafs_ros mafs.launch.py lifecycle:=true autostart:=false   # left to a lifecycle manager
 
 `ros2 launch mafs_ros mafs.launch.py --show-args` lists the arguments; launch/README.md explains them.
 """
@@ -14,7 +15,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from rclpy.expand_topic_name import expand_topic_name
 
@@ -42,7 +43,10 @@ def _nodes(context, rviz_config: str) -> list:
     }
     # value_type=str: launch would otherwise read the text as YAML (" #" starts a comment, "2024" is an integer).
     given = {name: ParameterValue(value, value_type=str) for name, value in overrides.items() if value}
-    mafs = Node(
+    # A managed node is a LifecycleNode, so that launch can see and drive its transitions; it configures and
+    # activates itself when `autostart` is true (on every ROS 2 release, unlike launch_ros's own autostart).
+    node_type = LifecycleNode if LaunchConfiguration('lifecycle').perform(context) == 'true' else Node
+    mafs = node_type(
         package=PACKAGE,
         executable='mafs_node',
         name=NODE_NAME,
@@ -50,7 +54,7 @@ def _nodes(context, rviz_config: str) -> list:
         parameters=[
             LaunchConfiguration('params_file'),
             {'use_sim_time': LaunchConfiguration('use_sim_time'), 'lifecycle': LaunchConfiguration('lifecycle'),
-             **given},
+             'autostart': LaunchConfiguration('autostart'), **given},
         ],
         remappings=[
             ('rgb/image', LaunchConfiguration('rgb_topic')),
@@ -110,7 +114,10 @@ def generate_launch_description() -> LaunchDescription:
             description='Follow /clock (bag replay, simulation)'),
         DeclareLaunchArgument(
             'lifecycle', default_value='false', choices=['true', 'false'],
-            description='Managed node: starts unconfigured, driven by ros2 lifecycle set (configure, activate, ...)'),
+            description='Managed node (LifecycleNode): driven by ros2 lifecycle set or a lifecycle manager'),
+        DeclareLaunchArgument(
+            'autostart', default_value='true', choices=['true', 'false'],
+            description='With lifecycle:=true, configure and activate at launch; false: wait for a manager'),
         DeclareLaunchArgument(
             'namespace', default_value='',
             description='Namespace of the node and of its relative topics'),

@@ -338,7 +338,8 @@ def pairs_from_bag(bag: Path, rgb_topic: str, thermal_topic: str, *, limit: int 
     """At most `limit` pairs spread evenly over a bag, made by the node's pairing (same sync parameters). Reads
     the bag twice: stamps first, then the pixels of the chosen frames only. Raises CalibrationInputError."""
     from .bags import BagError, BagReader, deserialize, topic_name
-    from .stream.conversions import ImageConversionError, thermal_from_image, visible_from_image
+    from .stream.conversions import ImageConversionError
+    from .stream.frames import decode_input
     from .stream.pairing import ApproximateTimePairer
 
     try:
@@ -348,6 +349,7 @@ def pairs_from_bag(bag: Path, rgb_topic: str, thermal_topic: str, *, limit: int 
         raise CalibrationInputError(str(exc)) from None
     try:
         with BagReader(bag) as reader:
+            rgb_topic, thermal_topic = reader.image_topic(rgb_topic), reader.image_topic(thermal_topic)
             reader.require_topics([rgb_topic, thermal_topic])
             made = []  # (rgb message index, thermal message index, rgb stamp)
             for index, message in enumerate(reader.messages([rgb_topic, thermal_topic])):
@@ -368,8 +370,7 @@ def pairs_from_bag(bag: Path, rgb_topic: str, thermal_topic: str, *, limit: int 
                 if index in wanted:
                     msg = deserialize(message)
                     try:
-                        convert = visible_from_image if message.topic == rgb_topic else thermal_from_image
-                        images[index] = np.array(convert(msg))
+                        images[index] = np.array(decode_input(msg, visible=message.topic == rgb_topic)[0])
                     except ImageConversionError as exc:
                         raise CalibrationInputError(f"{bag}, {message.topic}: {exc}") from None
     except BagError as exc:

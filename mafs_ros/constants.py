@@ -24,13 +24,21 @@ INFO_TOPIC = "segmentation/info"
 RESULT_TOPIC = "mafs/result"
 GROUND_TRUTH_TOPIC = "segmentation/ground_truth"  # bags only: the label a replay scores against
 DIAGNOSTICS_TOPIC = "/diagnostics"
-# The node's subscriptions and its publishers besides /diagnostics (the launch files and rviz config are checked
-# against them).
+# image_transport's `compressed` plugin publishes and subscribes `<base topic>/compressed` (CompressedImage).
+COMPRESSED_SUFFIX = "compressed"
+def compressed_topic(base_topic: str) -> str:
+    """The topic image_transport's compressed plugin uses for `base_topic`: "rgb/image" -> "rgb/image/compressed"."""
+    return f"{base_topic.rstrip('/')}/{COMPRESSED_SUFFIX}"
+
+
+# The node's subscriptions (the cameras also as `compressed_topic`) and its publishers besides /diagnostics (the
+# launch files and rviz config are checked against them).
 INPUT_TOPICS = (RGB_TOPIC, THERMAL_TOPIC, CAMERA_INFO_TOPIC)
 OUTPUT_TOPICS = (FUSED_TOPIC, LABELS_TOPIC, OVERLAY_TOPIC, CONFIDENCE_TOPIC, RESULT_TOPIC, INFO_TOPIC,
-                 FUSED_CAMERA_INFO_TOPIC)
+                 FUSED_CAMERA_INFO_TOPIC, compressed_topic(FUSED_TOPIC), compressed_topic(OVERLAY_TOPIC))
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 RESULT_TYPE = "mafs_ros/msg/FusedSegmentation"
 INFO_TYPE = "mafs_ros/msg/SegmentationInfo"

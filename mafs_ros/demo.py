@@ -29,8 +29,8 @@ import cv2
 from mafs_ros import bags
 from mafs_ros.bags import BagReader, BagWriter
 from mafs_ros.constants import (
+    COMPRESSED_IMAGE_TYPE,
     FUSED_TOPIC,
-    GROUND_TRUTH_TOPIC,
     IMAGE_TYPE,
     INFO_TOPIC,
     INFO_TYPE,
@@ -58,7 +58,6 @@ JITTER_S = 0.005
 _RGB, _THERMAL = absolute_topic(RGB_TOPIC), absolute_topic(THERMAL_TOPIC)
 _RESULT, _INFO = absolute_topic(RESULT_TOPIC), absolute_topic(INFO_TOPIC)
 _FUSED, _OVERLAY = absolute_topic(FUSED_TOPIC), absolute_topic(OVERLAY_TOPIC)
-INPUT_TOPICS = (_RGB, _THERMAL, absolute_topic(GROUND_TRUTH_TOPIC))
 OUTPUT_TOPICS = {
     _FUSED: IMAGE_TYPE,
     absolute_topic(LABELS_TOPIC): IMAGE_TYPE,
@@ -83,11 +82,15 @@ def run_demo(
     repeat: int = 5,
     max_pairs: int | None = None,
     startup_timeout_s: float = 120.0,
+    compressed: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; returns the replay report of the recording (also in out_dir/report.json).
 
-    device, backend: the node's parameters of those names. rate_hz: camera rate of the built bag (RGB and thermal). repeat: passes over the sample pairs.
-    max_pairs: stop the bag after this many RGB frames (tests). Raises DemoError with the node's log on failure.
+    device, backend: the node's parameters of those names. rate_hz: camera rate of the built bag (RGB and
+    thermal). repeat: passes over the sample pairs. max_pairs: stop the bag after this many RGB frames (tests).
+    compressed: the cameras as robots record them, image_transport's compressed topics (RGB JPEG, thermal PNG),
+    which the node finds by itself (`rgb_transport` / `thermal_transport: auto`).
+    Raises DemoError with the node's log on failure.
     """
     from mafs_ros import replay
 
@@ -97,8 +100,11 @@ def run_demo(
         shutil.rmtree(out_dir / stale, ignore_errors=True)
     input_bag = out_dir / "input_bag"
     written = bags.write_pairs_bag(
-        input_bag, sample_dir, rate_hz=rate_hz, thermal_offset_s=THERMAL_LAG_S, jitter_s=JITTER_S, repeat=repeat
+        input_bag, sample_dir, rate_hz=rate_hz, thermal_offset_s=THERMAL_LAG_S, jitter_s=JITTER_S, repeat=repeat,
+        rgb_compression="jpeg" if compressed else "raw", thermal_compression="png" if compressed else "raw",
     )
+    with BagReader(input_bag) as reader:
+        inputs = {topic: info.msgtype for topic, info in reader.topics.items()}
     frames = len(written.rgb_stamps_ns) if max_pairs is None else min(max_pairs, len(written.rgb_stamps_ns))
     print(f"input bag: {input_bag} ({frames} RGB + {frames} thermal frames at {rate_hz:g} Hz)", flush=True)
 
@@ -110,7 +116,7 @@ def run_demo(
     node = _start_node(checkpoint, device, backend, node_log, transport)
     try:
         with _environment(transport):  # read when the player's DDS participant is created
-            session = _DemoSession(out_dir / "recording")
+            session = _DemoSession(out_dir / "recording", inputs)
         with session:
             session.wait_for_node(node, node_log, startup_timeout_s)
             played = session.play(input_bag, frames)
@@ -119,7 +125,7 @@ def run_demo(
     finally:
         _stop_node(node)
     if summary["results"] == 0:
-        received = {topic: summary.get(topic, 0) for topic in (_RGB, _THERMAL)}
+        received = {topic: summary.get(topic, 0) for topic in session.cameras}
         raise DemoError(
             f"the node published no result for {played} frames (the recorder beside the player received "
             f"{received}; {transport}); "
@@ -181,11 +187,12 @@ def _stop_node(node: subprocess.Popen) -> None:
 
 
 class _DemoSession:
-    """An rclpy node that publishes the input bag and records inputs and outputs into a rosbag2."""
+    """An rclpy node that publishes the input bag's topics (`inputs`: topic -> message type) and records inputs and
+    outputs into a rosbag2."""
 
-    def __init__(self, recording: Path) -> None:
+    def __init__(self, recording: Path, inputs: dict[str, str]) -> None:
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
 
         from mafs_ros.ros.in_process import InProcessRos
 
@@ -197,14 +204,20 @@ class _DemoSession:
         self._results = 0
         self._last_result = time.monotonic()
 
-        camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self._publishers = {topic: self._node.create_publisher(Image, topic, camera_qos) for topic in INPUT_TOPICS}
-        # raw=True: the recorder stores the CDR bytes it receives, exactly what `ros2 bag record` would store.
-        for topic in INPUT_TOPICS:
-            self._record(Image, topic, IMAGE_TYPE, QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
         from mafs_ros.msg import FusedSegmentation, SegmentationInfo
 
-        types = {IMAGE_TYPE: Image, RESULT_TYPE: FusedSegmentation, INFO_TYPE: SegmentationInfo}
+        types = {IMAGE_TYPE: Image, COMPRESSED_IMAGE_TYPE: CompressedImage, RESULT_TYPE: FusedSegmentation,
+                 INFO_TYPE: SegmentationInfo}
+        self._input_types = {topic: types[msgtype] for topic, msgtype in inputs.items()}
+        # The camera topics (raw or `<topic>/compressed`): the node's two subscriptions the session waits for.
+        self.cameras = [t for t in inputs if t.startswith((_RGB, _THERMAL))]
+        camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._publishers = {topic: self._node.create_publisher(msg_type, topic, camera_qos)
+                            for topic, msg_type in self._input_types.items()}
+        # raw=True: the recorder stores the CDR bytes it receives, exactly what `ros2 bag record` would store.
+        recorder_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+        for topic, msgtype in inputs.items():
+            self._record(types[msgtype], topic, msgtype, recorder_qos)
         for topic, msgtype in OUTPUT_TOPICS.items():
             latched = topic == _INFO
             qos = QoSProfile(
@@ -239,13 +252,13 @@ class _DemoSession:
     def wait_for_node(self, node: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
         """Until the node subscribes to both camera topics and its latched info message has arrived."""
         deadline = time.monotonic() + timeout_s
-        rgb, thermal = self._publishers[_RGB], self._publishers[_THERMAL]
+        cameras = [self._publishers[topic] for topic in self.cameras]
         while time.monotonic() < deadline:
             if node.poll() is not None:
                 raise DemoError(f"the node exited with code {node.returncode} at start-up:\n{log_path.read_text()}")
             with self._lock:
                 info = self._writer.counts.get(_INFO, 0)
-            if info and rgb.get_subscription_count() and thermal.get_subscription_count():
+            if info and all(camera.get_subscription_count() for camera in cameras):
                 time.sleep(0.5)  # its output publishers are matched about now; a margin costs nothing
                 return
             time.sleep(0.1)
@@ -254,24 +267,23 @@ class _DemoSession:
     def play(self, input_bag: Path, frames: int) -> int:
         """Publish the bag's camera topics at their recorded rate, stamps shifted to now. Returns messages sent."""
         from rclpy.serialization import deserialize_message
-        from sensor_msgs.msg import Image
 
         sent = rgb_frames = 0
         with BagReader(input_bag) as reader:
-            messages = list(reader.messages(list(INPUT_TOPICS)))
+            messages = list(reader.messages(list(self._input_types)))
         if not messages:
             raise DemoError(f"{input_bag} holds no camera messages")
         start_wall, start_bag = time.monotonic_ns(), messages[0].receive_ns
         shift_ns = time.time_ns() - start_bag
         for message in messages:
-            if message.topic == _RGB:
+            if message.topic.startswith(_RGB):
                 rgb_frames += 1
                 if rgb_frames > frames:
                     break
             delay_ns = (message.receive_ns - start_bag) - (time.monotonic_ns() - start_wall)
             if delay_ns > 0:
                 time.sleep(delay_ns / 1e9)
-            msg = deserialize_message(bytes(message.raw), Image)
+            msg = deserialize_message(bytes(message.raw), self._input_types[message.topic])
             set_stamp(msg.header, stamp_ns(msg.header) + shift_ns)
             self._publishers[message.topic].publish(msg)
             sent += 1

@@ -162,7 +162,8 @@ class MafsEngine:
     device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (see `resolve_device`).
     precision: 'fp32', 'fp16' (CUDA) or 'bf16' (CUDA, or CPUs with bf16 units): autocast, the weights stay
     fp32. `mafs bench --check-precision` measures what it costs in accuracy (fused PSNR, label agreement).
-    thermal_normalization: overrides the checkpoint's (a ThermalNormalization, spec string or dict).
+    thermal_normalization: overrides the checkpoint's (a ThermalNormalization, spec string or dict); a
+        checkpoint's plain "fixed" runs as "auto" (the same on 8-bit frames; 16-bit counts stretched, not squeezed).
     size_policy: 'resize' (official protocol, default) or 'pad' (reflect-pad to a multiple of 32, crop back).
     warmup: forward passes at `warmup_size` (H, W) run once here, so the first real frame is not slow.
     overlay_alpha: label colour weight of `FusionResult.overlay`.
@@ -210,6 +211,10 @@ class MafsEngine:
         self._precision = precision
         self._size_policy = size_policy
         self._checkpoint_thermal = loaded.inputs.thermal_normalization
+        if str(self._checkpoint_thermal) == "fixed":
+            # A checkpoint trained on 8-bit thermal says "fixed", which squeezes a camera's raw 16-bit counts into a
+            # few percent of [0, 1]; "auto" is the same on 8-bit frames and stretches 16-bit ones.
+            self._checkpoint_thermal = ThermalNormalization("auto")
         self._thermal = ThermalAgc(
             ThermalNormalization.from_spec(thermal_normalization)
             if thermal_normalization is not None

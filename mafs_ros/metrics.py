@@ -172,6 +172,14 @@ def _mutual_information(x: np.ndarray, f: np.ndarray) -> float:
     return _entropy(p.sum(axis=1), np.log) + _entropy(p.sum(axis=0), np.log) - _entropy(p.ravel(), np.log)
 
 
+def mutual_information(source: np.ndarray, fused: np.ndarray) -> float:
+    """MI(source, fused) in nats of two grey images of the same size (one term of `mi`): how much of one input
+    the fused image keeps."""
+    if source.shape != fused.shape:
+        raise DataError(f"images of different sizes: {source.shape} and {fused.shape}")
+    return _mutual_information(_levels(source), _levels(fused))
+
+
 def mi(ir: np.ndarray, vi_y: np.ndarray, fused: np.ndarray) -> float:
     """Mutual information MI(A, F) + MI(B, F), in nats.
 

@@ -46,12 +46,14 @@ def accounting(counters: dict[str, Any]) -> dict[str, int]:
     received == counted (every input frame) and pairs_matched == pairs_counted (every pair)."""
     pairing = counters["pairing"]
     rejected = counters["rejected"]
-    pairs_counted = counters["published"] + counters["dropped"] + sum(rejected.get(r, 0) for r in PAIR_REJECTIONS)
+    alone = counters["alone_rgb"] + counters["alone_thermal"]  # frames fused alone, a camera silent
+    pairs_counted = (counters["published"] + counters["dropped"] + sum(rejected.get(r, 0) for r in PAIR_REJECTIONS)
+                     - alone)
     rejected_frames = sum(n for reason, n in rejected.items() if reason not in PAIR_REJECTIONS)
     unmatched = pairing["unmatched_rgb"] + pairing["unmatched_thermal"]
     return {
         "received": counters["received_rgb"] + counters["received_thermal"],
-        "counted": rejected_frames + unmatched + counters["queued"] + 2 * pairs_counted,
+        "counted": rejected_frames + unmatched + counters["queued"] + 2 * pairs_counted + alone,
         "pairs_matched": pairing["matched"],
         "pairs_counted": pairs_counted,
         "rejected_frames": rejected_frames,

@@ -75,7 +75,7 @@ def test_result_message_cdr_decodes_with_rclpy():
         header=header, fused=bags.image_message(fused, "rgb8", header),
         labels=bags.image_message(labels, "mono8", header), confidence=bags.empty_image(header),
         rgb_stamp=header.stamp, thermal_stamp=bags.make_header(1_700_000_000_100_000_000, "").stamp,
-        preprocess_ms=1.5, inference_ms=20.25, postprocess_ms=3.0,
+        preprocess_ms=1.5, inference_ms=20.25, postprocess_ms=3.0, missing_input="",
     )
     raw = bags.typestore().serialize_cdr(msg, RESULT_TYPE)
     native = deserialize_message(bytes(raw), generated.FusedSegmentation)

@@ -112,7 +112,9 @@ def test_fuse_16bit_and_colour_thermal(tmp_path, known_engine):
     noise = np.zeros_like(thermal)
     cv2.imwrite(str(tmp_path / "ir" / "colour.png"), np.dstack([noise, noise, thermal]))  # BGR: thermal in red
     out = tmp_path / "out"
-    assert cli.main(["fuse", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"), "--out", str(out)]) == 0
+    # "fixed": the 16-bit image holds the 8-bit one scaled to the full range (the default, "auto", would stretch it)
+    assert cli.main(["fuse", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"), "--out", str(out),
+                     "--thermal-norm", "fixed"]) == 0
     assert read_thermal(tmp_path / "ir" / "deep.png").dtype == np.uint16
     for stem in ("deep", "colour"):
         np.testing.assert_array_equal(_read(out / "labels" / f"{stem}.png"), _expected_labels(thermal))

@@ -9,7 +9,7 @@ from ros_harness import DOMAIN_ID
 
 from mafs_ros import bags
 from mafs_ros.cli import main
-from mafs_ros.constants import INFO_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, absolute_topic
+from mafs_ros.constants import INFO_TOPIC, RESULT_TOPIC, RGB_TOPIC, THERMAL_TOPIC, absolute_topic, compressed_topic
 from mafs_ros.demo import _print_summary
 from mafs_ros.stamps import stamp_ns
 
@@ -20,12 +20,15 @@ def isolated_domain(monkeypatch):
     monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN_ID + 1))
 
 
-def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolated_domain, capsys):
+@pytest.mark.parametrize("compressed", [False, True])
+def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolated_domain, capsys, compressed):
     out = tmp_path / "demo_out"
-    assert main(["demo", "--out", str(out), "--device", "cpu", "--rate-hz", "2", "--max-pairs", "3"]) == 0
+    options = ["--compressed"] if compressed else []
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--rate-hz", "2", "--max-pairs", "3", *options]) == 0
 
     report = json.loads((out / "report.json").read_text())
-    assert report["frames_read"][absolute_topic(RGB_TOPIC)] == 3
+    rgb_topic = absolute_topic(compressed_topic(RGB_TOPIC) if compressed else RGB_TOPIC)
+    assert report["topics"]["rgb"] == rgb_topic and report["frames_read"][rgb_topic] == 3
     fused = report["pairs_fused"]
     assert 1 <= fused <= 3
     assert len(report["fusion"]["per_frame"]) == fused
@@ -37,7 +40,7 @@ def test_demo_runs_the_real_node_and_writes_a_consistent_report(tmp_path, isolat
 
     with bags.BagReader(out / "recording") as reader:
         topics = reader.topics
-        rgb_stamps = {stamp_ns(bags.deserialize(m).header) for m in reader.messages([absolute_topic(RGB_TOPIC)])}
+        rgb_stamps = {stamp_ns(bags.deserialize(m).header) for m in reader.messages([rgb_topic])}
         result_stamps = [stamp_ns(bags.deserialize(m).header) for m in reader.messages([absolute_topic(RESULT_TOPIC)])]
     assert topics[absolute_topic(RESULT_TOPIC)].count == fused and topics[absolute_topic(INFO_TOPIC)].count == 1
     assert set(result_stamps) <= rgb_stamps  # outputs carry the RGB input's stamp

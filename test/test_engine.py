@@ -124,7 +124,6 @@ def test_batch_groups_sizes_and_keeps_order():
         (lambda rgb, th: (np.dstack([rgb, rgb[..., :1]]), th), r"\(H, W, 3\)"),
         (lambda rgb, th: (rgb, np.dstack([th, th])), "thermal image must be"),
         (lambda rgb, th: (rgb, th.astype(np.int32)), "thermal image must be uint8, uint16"),
-        (lambda rgb, th: (rgb, th.astype(np.float32)), "explicit range"),
         (lambda rgb, th: (rgb[:0], th[:0]), "empty"),
         (lambda rgb, th: (rgb[:20], th[:20]), "too small"),
         (lambda rgb, th: (rgb.tolist(), th), "numpy array"),
@@ -134,6 +133,15 @@ def test_invalid_inputs(make, message):
     engine = _engine()
     with pytest.raises(ValueError, match=message):
         engine.infer(*make(*_pair(96, 128)))
+
+
+def test_float_thermal_needs_a_range_under_fixed_and_is_stretched_by_default():
+    rgb, thermal = _pair(96, 128)
+    with pytest.raises(ValueError, match="explicit range"):
+        _engine(thermal_normalization="fixed").infer(rgb, thermal.astype(np.float32))
+    engine = _engine()  # the checkpoint says "fixed", which runs as "auto": 8-bit as fixed, the rest stretched
+    assert str(engine.thermal_normalization) == "auto"
+    assert engine.infer(rgb, thermal.astype(np.float32) * 0.1 + 20.0).thermal_span > 0.9
 
 
 def test_non_finite_thermal_and_batch_index():

@@ -218,10 +218,13 @@ def test_evaluate_segmentation_and_skipped_pair(tmp_path):
 
 
 def test_thermal_u8_reduces_16_bit_like_the_engine():
-    engine = _stand_in_engine()
+    engine = MafsEngine(model=KnownNet(fused="mean"), device="cpu", thermal_normalization="fixed")
     thermal = _grey(SAMPLE / "ir" / "00702N.png")
     np.testing.assert_array_equal(thermal_u8(engine, thermal), thermal)  # 8-bit, "fixed": unchanged
     np.testing.assert_array_equal(thermal_u8(engine, thermal.astype(np.uint16) * 257), thermal)
+    counts = 7400 + thermal.astype(np.uint16) * 3  # a 14-bit camera's raw counts
+    stretched = thermal_u8(_stand_in_engine(), counts)  # the default, "auto": stretched as the engine sees them
+    assert np.ptp(stretched) > 200 and np.ptp(thermal_u8(engine, counts)) < 20
 
 
 def test_metrics_undefined_value_is_null(tmp_path, capsys):

@@ -33,7 +33,7 @@ NODE_TOPICS = set(constants.INPUT_TOPICS + constants.OUTPUT_TOPICS)
 ARGUMENTS = {
     MAFS_LAUNCH: {
         "rgb_topic", "thermal_topic", "camera_info_topic", "params_file", "checkpoint", "device", "use_sim_time",
-        "namespace", "rviz", "lifecycle",
+        "namespace", "rviz", "lifecycle", "autostart",
     },
     REPLAY_LAUNCH: {"bag", "rate", "loop", "delay", "record", "record_path"},
 }
@@ -108,8 +108,10 @@ def included_files(tree: ast.Module) -> list[str]:
 
 
 def node_call(tree: ast.Module, executable: str) -> ast.Call:
-    matches = [call for call in calls(tree, "Node") if constant_str(tree, keyword(call, "executable")) == executable]
-    assert len(matches) == 1, f"expected one Node(executable={executable!r})"
+    # Node(...) or LifecycleNode(...), possibly chosen at launch time: any call with that executable.
+    matches = [call for call in ast.walk(tree) if isinstance(call, ast.Call) and keyword(call, "executable")
+               and constant_str(tree, keyword(call, "executable")) == executable]
+    assert len(matches) == 1, f"expected one node with executable={executable!r}"
     return matches[0]
 
 
@@ -173,7 +175,8 @@ def test_remapped_topics_are_node_topics():
     checked = 0
     for name in LAUNCH_FILES:
         tree = parse(name)
-        for call in calls(tree, "Node"):
+        nodes = [call for call in ast.walk(tree) if isinstance(call, ast.Call) and keyword(call, "remappings")]
+        for call in nodes:
             for topic, _ in remappings(call):
                 assert topic.lstrip("/") in NODE_TOPICS, f"{name}: {topic} is not a topic of the node"
                 checked += 1
@@ -201,9 +204,10 @@ def test_rviz_subscriptions_follow_namespace_and_topic_arguments():
 def test_parameters_set_by_the_launch_files_are_node_parameters():
     tree = parse(MAFS_LAUNCH)
     names = set()
+    names |= parameter_names(tree, node_call(tree, "mafs_node"))
     for call in calls(tree, "Node"):
         names |= parameter_names(tree, call)
-    assert {"checkpoint", "device", "use_sim_time", "lifecycle"} <= names
+    assert {"checkpoint", "device", "use_sim_time", "lifecycle", "autostart"} <= names
     assert names <= set(PARAMETERS) | {"use_sim_time"}
     assert not calls(parse(REPLAY_LAUNCH), "Node"), "replay.launch.py starts the node through mafs.launch.py"
 

@@ -77,7 +77,8 @@ def ros():
 
 def managed_node(ros: RosHarness, engine=None, **parameters) -> MafsNode:
     overrides = [Parameter(name, value=value)
-                 for name, value in {"lifecycle": True, "diagnostics_period_s": 0.2, **parameters}.items()]
+                 for name, value in {"lifecycle": True, "autostart": False, "diagnostics_period_s": 0.2,
+                                     **parameters}.items()]
     node = MafsNode(engine=engine, context=ros.context, parameter_overrides=overrides)
     ros.add_node(node)
     return node
@@ -208,6 +209,25 @@ def test_shutdown_from_active_stops_fusing_and_releases_the_engine(ros):
     assert engine_alive() is None
 
 
+def test_autostart_configures_and_activates_at_once_and_a_manager_can_take_over(ros):
+    node = managed_node(ros, engine=StandInEngine(128, 160), autostart=True)
+    lifecycle = LifecycleClient(ros)
+    assert lifecycle.state() == "active" and input_topics(node) == {"/rgb/image", "/thermal/image"}
+    ros.wait_for_subscribers(["rgb/image", "thermal/image"])
+    publish_pair(ros, T0)
+    assert ros.wait_for(lambda: len(ros.messages("mafs/result")) == 1, 10)
+    # What nav2's lifecycle_manager does on shutdown: deactivate, cleanup.
+    assert lifecycle.transition("deactivate") and lifecycle.transition("cleanup")
+    assert lifecycle.state() == "unconfigured"
+
+
+def test_a_failed_autostart_leaves_the_node_unconfigured_with_the_reason(ros):
+    node = managed_node(ros, autostart=True, checkpoint="/nonexistent/model.safetensors", device="cpu")
+    assert LifecycleClient(ros).state() == "unconfigured" and node._engine is None
+    assert ros.wait_for(lambda: diagnostics_values(ros)[0] == DiagnosticStatus.ERROR
+                        and "/nonexistent/model.safetensors" in diagnostics_values(ros)[1], 5)
+
+
 def test_without_the_parameter_the_node_fuses_at_once_and_offers_no_lifecycle_services(ros):
     node = MafsNode(engine=StandInEngine(128, 160), context=ros.context)
     ros.add_node(node)
@@ -218,7 +238,7 @@ def test_without_the_parameter_the_node_fuses_at_once_and_offers_no_lifecycle_se
 def test_executable_loads_the_packaged_model_at_configure_and_exits_after_shutdown(ros):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mafs_ros.ros.node", "--ros-args",
-         "-p", "lifecycle:=true", "-p", "device:=cpu", "-p", "warmup:=0"],
+         "-p", "lifecycle:=true", "-p", "autostart:=false", "-p", "device:=cpu", "-p", "warmup:=0"],
         env={**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

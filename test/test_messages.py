@@ -35,6 +35,7 @@ FUSED_FIELDS = {
     'preprocess_ms': 'float',
     'inference_ms': 'float',
     'postprocess_ms': 'float',
+    'missing_input': 'string',
 }
 
 INFO_FIELDS = {

@@ -387,7 +387,14 @@ def test_runtime_parameters_and_read_only_ones(ros):
     assert node._engine.overlay_alpha == 0.8
     assert not node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0].successful
     refused = node.set_parameters([Parameter("device", value="cuda")])[0]
-    assert not refused.successful and "restart" in refused.reason
+    assert not refused.successful and "read-only" in refused.reason
+    device, alpha, quality = node.describe_parameters(["device", "overlay_alpha", "jpeg_quality"])
+    assert device.read_only and not alpha.read_only
+    assert (alpha.floating_point_range[0].from_value, alpha.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert (quality.integer_range[0].from_value, quality.integer_range[0].to_value) == (1, 100)
+    assert not node.set_parameters([Parameter("jpeg_quality", value=0)])[0].successful
+    assert node.set_parameters([Parameter("jpeg_quality", value=70)])[0].successful
+    assert node._outputs.jpeg_quality == 70
 
 
 def test_yaml_documents_every_parameter_with_its_default():

@@ -464,7 +464,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
         result = types[RESULT_TYPE](
             header=header, fused=fused_msg, labels=labels_msg, confidence=bags.empty_image(header),
             rgb_stamp=header.stamp, thermal_stamp=bags.make_header(thermal_stamp, "").stamp,
-            preprocess_ms=1.0, inference_ms=10.0 + i, postprocess_ms=2.0)
+            preprocess_ms=1.0, inference_ms=10.0 + i, postprocess_ms=2.0, missing_input="")
         receive = rgb_stamp + 50_000_000 + i * 1_000_000
         extra += [(FUSED, receive, fused_msg), (LABELS, receive, labels_msg), (RESULT, receive, result)]
         expected[rgb_stamp] = (thermal_stamp, fusion_metrics(thermal, luma_u8(rgb), luma_u8(fused)), i)
@@ -473,7 +473,7 @@ def test_from_recording_of_a_synthetic_live_run(tmp_path, capsys, engine):
         header=orphan, fused=bags.image_message(pairs[0][0], "rgb8", orphan),
         labels=bags.image_message(pairs[0][1], "mono8", orphan), confidence=bags.empty_image(orphan),
         rgb_stamp=orphan.stamp, thermal_stamp=orphan.stamp, preprocess_ms=1.0, inference_ms=1.0,
-        postprocess_ms=1.0)))
+        postprocess_ms=1.0, missing_input="")))
     _copy_with(tmp_path / "cams", tmp_path / "rec", extra)
 
     code = cli.main(["replay", "--from-recording", str(tmp_path / "rec"), "--out", str(tmp_path / "out")])

@@ -15,6 +15,7 @@ from .base import BagError, BagMessage, BagReadError, TopicInfo
 from .message_types import (
     CUSTOM_TYPES,
     camera_info_message,
+    compressed_image_message,
     empty_image,
     image_message,
     make_header,
@@ -39,6 +40,7 @@ __all__ = [
     "TopicInfo",
     "WrittenBag",
     "camera_info_message",
+    "compressed_image_message",
     "deserialize",
     "empty_image",
     "format_topics",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from ..constants import CAMERA_INFO_TYPE, IMAGE_TYPE, INFO_TYPE, RESULT_TYPE, absolute_topic
+from ..constants import CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, INFO_TYPE, RESULT_TYPE, absolute_topic
 from ..stream.conversions import numpy_to_image
 from ..stamps import split_ns
 
@@ -67,6 +67,12 @@ def make_header(stamp: int, frame_id: str) -> Any:
 def image_message(array: np.ndarray, encoding: str, header: Any) -> Any:
     """A sensor_msgs/Image with `array`'s pixels (see conversions.numpy_to_image for encodings and shapes)."""
     return numpy_to_image(array, encoding, header=header, msg=empty_image(header))
+
+
+def compressed_image_message(fmt: str, data: bytes, header: Any) -> Any:
+    """A sensor_msgs/CompressedImage with `format` `fmt` and the encoded bytes `data`."""
+    return typestore().types[COMPRESSED_IMAGE_TYPE](header=header, format=fmt,
+                                                    data=np.frombuffer(data, dtype=np.uint8).copy())
 
 
 def empty_image(header: Any) -> Any:

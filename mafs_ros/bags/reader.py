@@ -16,6 +16,7 @@ from typing import Any
 from rosbags.interfaces import Qos
 from rosbags.rosbag2 import Reader
 
+from ..constants import compressed_topic
 from ..stamps import stamp_text
 from .base import BagError, BagMessage, BagReadError, TopicInfo, describe_error
 from .message_types import typestore
@@ -82,6 +83,13 @@ class BagReader:
             return []
         return [qos for c in self._reader.connections if c.topic == topic
                 for qos in getattr(c.ext, "offered_qos_profiles", [])]
+
+    def image_topic(self, topic: str) -> str:
+        """`topic` if the bag has it, else image_transport's `<topic>/compressed` if the bag has that (robots
+        record cameras compressed), else `topic` (for `require_topics` to name)."""
+        if topic not in self.topics and compressed_topic(topic) in self.topics:
+            return compressed_topic(topic)
+        return topic
 
     def require_topics(self, topics: Sequence[str]) -> None:
         """Raise BagError naming the bag's topics if any of `topics` is not in the bag."""

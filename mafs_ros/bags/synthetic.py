@@ -9,8 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import GROUND_TRUTH_TOPIC, IMAGE_TYPE, RGB_TOPIC, THERMAL_TOPIC, absolute_topic
-from .message_types import camera_info_message, image_message, make_header, topic_name
+from ..constants import (
+    COMPRESSED_IMAGE_TYPE,
+    GROUND_TRUTH_TOPIC,
+    IMAGE_TYPE,
+    RGB_TOPIC,
+    THERMAL_TOPIC,
+    absolute_topic,
+    compressed_topic,
+)
+from .message_types import camera_info_message, compressed_image_message, image_message, make_header, topic_name
 from .writer import BagWriter, qos_profile
 
 
@@ -25,6 +33,9 @@ class WrittenBag:
 
 
 THERMAL_BAG_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1")
+# How a stream may be written: raw (sensor_msgs/Image) or as image_transport's compressed plugin writes it.
+RGB_COMPRESSIONS = ("raw", "jpeg", "png")
+THERMAL_COMPRESSIONS = ("raw", "png")
 
 
 def write_pairs_bag(
@@ -44,6 +55,9 @@ def write_pairs_bag(
     repeat: int = 1,
     start_ns: int = 1_700_000_000 * 1_000_000_000,
     transport_delay_s: float = 0.005,
+    rgb_compression: str = "raw",
+    thermal_compression: str = "raw",
+    jpeg_quality: int = 90,
 ) -> WrittenBag:
     """Write a rosbag2 that looks like a recording of an RGB and a thermal camera, from real image pairs.
 
@@ -57,17 +71,18 @@ def write_pairs_bag(
         the bag is written in receive order.
     RGB is written as rgb8; thermal as `thermal_encoding` (mono8/8UC1 need 8-bit thermal; mono16/16UC1 scale
     8-bit thermal by 257, i.e. to the full 16-bit range); labels as mono8 on `labels_topic` (only for pairs with
-    a label); camera info (size only) on `camera_info_topic` if given.
+    a label); camera info (size only) on `camera_info_topic` if given. `rgb_compression` "jpeg" or "png" and
+    `thermal_compression` "png" write that stream as a robot records it: a sensor_msgs/CompressedImage on
+    `<topic>/compressed` (`jpeg_quality`; a 16-bit thermal PNG keeps its 16 bits).
     Raises ValueError for bad arguments or images, BagError if `path` exists.
     """
-    if thermal_encoding not in THERMAL_BAG_ENCODINGS:
-        raise ValueError(f"thermal_encoding must be one of {THERMAL_BAG_ENCODINGS}, got {thermal_encoding!r}")
-    if not rate_hz > 0 or repeat < 1 or jitter_s < 0:
-        raise ValueError(f"need rate_hz > 0, repeat >= 1, jitter_s >= 0 (got {rate_hz}, {repeat}, {jitter_s})")
+    _check_options(thermal_encoding, rgb_compression, thermal_compression, rate_hz, repeat, jitter_s)
     frames = _load_pairs(pairs)
     rng = np.random.default_rng(seed)
     delay_ns = round(transport_delay_s * 1e9)
     rgb_topic, thermal_topic = topic_name(rgb_topic), topic_name(thermal_topic)
+    rgb_stream = _Stream(rgb_topic, rgb_compression, jpeg_quality)
+    thermal_stream = _Stream(thermal_topic, thermal_compression, jpeg_quality)
 
     # (receive ns, order, topic, message): sorting gives receive order, ties in the order written here.
     queue: list[tuple[int, int, str, Any]] = []
@@ -81,10 +96,10 @@ def write_pairs_bag(
             messages.append((rgb_stamp, topic_name(camera_info_topic),
                              camera_info_message(*rgb.shape[:2], make_header(rgb_stamp, "rgb_camera"))))
         messages += [
-            (rgb_stamp, rgb_topic, image_message(rgb, "rgb8", make_header(rgb_stamp, "rgb_camera"))),
-            (thermal_stamp, thermal_topic,
-             image_message(_thermal_array(thermal, thermal_encoding), thermal_encoding,
-                           make_header(thermal_stamp, "thermal_camera"))),
+            (rgb_stamp, rgb_stream.topic, rgb_stream.message(rgb, "rgb8", make_header(rgb_stamp, "rgb_camera"))),
+            (thermal_stamp, thermal_stream.topic,
+             thermal_stream.message(_thermal_array(thermal, thermal_encoding), thermal_encoding,
+                                    make_header(thermal_stamp, "thermal_camera"))),
         ]
         written.rgb_stamps_ns.append(rgb_stamp)
         written.thermal_stamps_ns.append(thermal_stamp)
@@ -97,11 +112,43 @@ def write_pairs_bag(
 
     with BagWriter(path, storage=storage) as writer:
         # Camera topics are best effort, as camera drivers usually offer them.
-        for topic, msgtype in ((rgb_topic, IMAGE_TYPE), (thermal_topic, IMAGE_TYPE)):
-            writer.add_topic(topic, msgtype, [qos_profile(reliable=False, depth=5)])
+        for stream in (rgb_stream, thermal_stream):
+            writer.add_topic(stream.topic, stream.msgtype, [qos_profile(reliable=False, depth=5)])
         for receive_ns, _, topic, msg in sorted(queue, key=lambda entry: entry[:2]):
             writer.write(topic, receive_ns, msg)
     return written
+
+
+def _check_options(thermal_encoding: str, rgb_compression: str, thermal_compression: str, rate_hz: float,
+                   repeat: int, jitter_s: float) -> None:
+    if thermal_encoding not in THERMAL_BAG_ENCODINGS:
+        raise ValueError(f"thermal_encoding must be one of {THERMAL_BAG_ENCODINGS}, got {thermal_encoding!r}")
+    if rgb_compression not in RGB_COMPRESSIONS or thermal_compression not in THERMAL_COMPRESSIONS:
+        raise ValueError(f"rgb_compression must be one of {RGB_COMPRESSIONS} and thermal_compression one of "
+                         f"{THERMAL_COMPRESSIONS}, got {rgb_compression!r}, {thermal_compression!r}")
+    if not rate_hz > 0 or repeat < 1 or jitter_s < 0:
+        raise ValueError(f"need rate_hz > 0, repeat >= 1, jitter_s >= 0 (got {rate_hz}, {repeat}, {jitter_s})")
+
+
+class _Stream:
+    """One camera stream of the bag: its topic, message type and how its images become messages."""
+
+    def __init__(self, topic: str, compression: str, jpeg_quality: int) -> None:
+        self.compression, self.jpeg_quality = compression, jpeg_quality
+        raw = compression == "raw"
+        self.topic = topic if raw else compressed_topic(topic)
+        self.msgtype = IMAGE_TYPE if raw else COMPRESSED_IMAGE_TYPE
+
+    def message(self, array: np.ndarray, encoding: str, header: Any) -> Any:
+        if self.compression == "raw":
+            return image_message(array, encoding, header)
+        # OpenCV, which the bag reader does not need, only here.
+        from ..stream.compressed import JPEG_FORMAT, encode_jpeg, encode_png
+
+        if self.compression == "jpeg":
+            return compressed_image_message(JPEG_FORMAT, encode_jpeg(array, self.jpeg_quality), header)
+        fmt, data = encode_png(array)
+        return compressed_image_message(fmt, data, header)
 
 
 def _load_pairs(pairs: str | Path | Sequence[tuple[np.ndarray, ...]]) -> list[tuple[np.ndarray, np.ndarray, Any]]:

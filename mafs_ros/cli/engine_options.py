@@ -24,8 +24,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES),
                        help="autocast: fp16 needs CUDA, bf16 runs on CUDA or CPU (default: fp32)")
     group.add_argument("--thermal-norm", default=None, metavar="SPEC",
-                       help="override the checkpoint's thermal normalisation: fixed, fixed:LO,HI, minmax, "
-                            "percentile or percentile:P_LO,P_HI")
+                       help="override the checkpoint's thermal normalisation: auto, fixed, fixed:LO,HI, minmax, "
+                            "percentile or percentile:P_LO,P_HI (default: the checkpoint's; plain 'fixed' runs as "
+                            "'auto': 8-bit as fixed, 16-bit and float stretched)")
     group.add_argument("--size-policy", default="resize", choices=list(SIZE_POLICIES),
                        help="resize to a multiple of 32 (official protocol, default) or reflect-pad")
     group.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),

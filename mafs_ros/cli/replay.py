@@ -200,6 +200,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-hz", type=float, default=5.0, help="camera rate of the sample bag (default: 5)")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the 6 sample pairs (default: 5)")
     parser.add_argument("--max-pairs", type=int, default=None, help="stop after this many RGB frames")
+    parser.add_argument("--compressed", action="store_true",
+                        help="the cameras as robots record them: image_transport's compressed topics (RGB JPEG, "
+                             "thermal PNG), which the node finds by itself")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -209,7 +212,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(args.out, checkpoint=args.checkpoint, device=args.device, backend=args.backend, rate_hz=args.rate_hz,
-                 repeat=args.repeat, max_pairs=args.max_pairs)
+                 repeat=args.repeat, max_pairs=args.max_pairs, compressed=args.compressed)
     except (DemoError, ReplayError, BagError) as exc:
         logger.error("demo failed: %s", exc)
         return 1

@@ -58,20 +58,21 @@ class Reading:
 
 
 def open_bag(
-    bag: str | Path, required: Sequence[str], optional: dict[str, str | None]
+    bag: str | Path, required: dict[str, str], optional: dict[str, str | None]
 ) -> tuple[BagReader, dict[str, str]]:
-    """The open bag, checked for the required topics, and the optional ones (what -> topic) that it has; a
-    warning names the bag's topics for the others. Raises ReplayError."""
+    """The open bag and the topic of each thing (what -> topic): every `required` one, checked to be in the bag,
+    and those `optional` ones the bag has (a warning names the bag's topics for the others). A camera topic the
+    bag lacks is read from its image_transport `<topic>/compressed` where the bag has that. Raises ReplayError."""
     try:
         reader = BagReader(bag)
     except BagError as exc:
         raise ReplayError(str(exc)) from None
+    present = {what: reader.image_topic(topic) for what, topic in required.items()}
     try:
-        reader.require_topics(required)
+        reader.require_topics(list(present.values()))
     except BagError as exc:
         reader.close()
         raise ReplayError(str(exc)) from None
-    present = {}
     for what, topic in optional.items():
         if topic is None:
             continue

@@ -22,7 +22,8 @@ from ..constants import (
     absolute_topic,
 )
 from ..imaging import ThermalNormalization
-from ..stream.conversions import ImageConversionError, image_to_numpy, thermal_from_image, visible_from_image
+from ..stream.conversions import ImageConversionError, image_to_numpy, visible_from_image
+from ..stream.frames import decode_input
 from ..stream.processing import process_pair
 from ..stream.registration import SizeMismatchError, parse_homography
 from ..stream.results import result_timings
@@ -68,9 +69,10 @@ def report_from_recording(
     matrix = parse_homography(homography)
     out_dir = Path(out_dir)
 
-    reader, present = open_bag(bag, [rgb_topic, thermal_topic, result_topic],
+    reader, present = open_bag(bag, {"rgb": rgb_topic, "thermal": thermal_topic, "result": result_topic},
                                {"ground truth": bags.topic_name(labels_topic) if labels_topic else None})
     with reader:
+        rgb_topic, thermal_topic = present["rgb"], present["thermal"]
         labels_topic = present.get("ground truth")
         wanted, info = _fused_stamps(reader, result_topic, info_topic)
         class_names, palette = _class_set(info)
@@ -114,7 +116,7 @@ def _fused_stamps(reader: BagReader, result_topic: str, info_topic: str) -> tupl
             continue
         if message.topic == info_topic:
             info = info or msg
-        else:
+        elif not getattr(msg, "missing_input", ""):  # results of one camera alone are counted in the second pass
             wanted[time_ns(msg.rgb_stamp)] = time_ns(msg.thermal_stamp)
     return wanted, info
 
@@ -154,6 +156,10 @@ class _RecordingRun:
             self.evaluation.add_ground_truth(stamp_ns(msg.header), msg)
             return
         if message.topic == self.result_topic:
+            if getattr(msg, "missing_input", ""):
+                self.evaluation.skip("one_camera", f"result at {stamp_text(stamp_ns(msg.header))}: fused from one "
+                                     f"camera, {msg.missing_input} missing (not scored as a pair)")
+                return
             rgb_stamp = time_ns(msg.rgb_stamp)
             self._results[rgb_stamp] = (msg, message.receive_ns)
         elif message.topic == self.rgb_topic:
@@ -184,8 +190,8 @@ class _RecordingRun:
         rgb_stamp, thermal_stamp = time_ns(result.rgb_stamp), time_ns(result.thermal_stamp)
         where = f"result at {stamp_text(rgb_stamp)}"
         try:
-            rgb = visible_from_image(rgb_msg)
-            thermal = thermal_from_image(thermal_msg)
+            rgb, _ = decode_input(rgb_msg, visible=True)
+            thermal, _ = decode_input(thermal_msg, visible=False)
             fused = visible_from_image(result.fused)
             labels = image_to_numpy(result.labels)
         except ImageConversionError as exc:

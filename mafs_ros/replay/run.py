@@ -78,13 +78,13 @@ def replay(
     """Replay `bag` through `engine` (None: the packaged checkpoint on 'auto') like the live node; write
     out_dir/bag (`storage`: mcap or sqlite3), report.json, report.md and the plots; return the report.
 
-    Topic names may be given with or without the leading slash. The RGB and thermal topics must be in the bag;
-    camera info and ground truth are used when present (a warning otherwise). `homography` (the node's
-    registration.homography: 9 numbers, row-major, thermal pixels -> RGB pixels) warps thermal into the RGB
-    image before fusion; with the identity, pairs whose sizes differ are skipped ("size_mismatch"). `copy_inputs`
-    also stores the input topics in the output bag. `overwrite` replaces an existing out_dir/bag. A bag that
-    breaks partway is evaluated up to that point ("read_error" says where); undecodable messages are counted.
-    Raises ReplayError when nothing can be done, ValueError for bad parameters.
+    Topic names may be given with or without the leading slash. The RGB and thermal topics, or their
+    image_transport `<topic>/compressed`, must be in the bag; camera info and ground truth are used when present
+    (a warning otherwise). `homography` (the node's registration.homography: 9 numbers, row-major, thermal pixels
+    -> RGB pixels) warps thermal into the RGB image before fusion; with the identity, pairs whose sizes differ are
+    skipped ("size_mismatch"). `copy_inputs` also stores the input topics in the output bag. `overwrite` replaces
+    an existing out_dir/bag. A bag that breaks partway is evaluated up to that point ("read_error" says where);
+    undecodable messages are counted. Raises ReplayError when nothing can be done, ValueError for bad parameters.
     """
     rgb_topic, thermal_topic = bags.topic_name(rgb_topic), bags.topic_name(thermal_topic)
     optional = {"camera info": bags.topic_name(camera_info_topic) if camera_info_topic else None,
@@ -94,10 +94,10 @@ def replay(
     matrix = parse_homography(homography)
     if storage not in bags.STORAGES:
         raise ValueError(f"storage must be one of {tuple(bags.STORAGES)}, got {storage!r}")
-    out_dir = Path(out_dir)
-    output_bag = out_dir / "bag"
-    reader, present = open_bag(bag, [rgb_topic, thermal_topic], optional)
+    output_bag = Path(out_dir) / "bag"
+    reader, present = open_bag(bag, {"rgb": rgb_topic, "thermal": thermal_topic}, optional)
     with reader:
+        rgb_topic, thermal_topic = present["rgb"], present["thermal"]
         camera_info_topic, labels_topic = present.get("camera info"), present.get("ground truth")
         if output_bag.exists() and not overwrite:
             raise ReplayError(f"output bag {output_bag} exists already; remove it or use --overwrite")
@@ -105,7 +105,7 @@ def replay(
             from ..engine import MafsEngine
 
             engine = MafsEngine()
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_bag.parent.mkdir(parents=True, exist_ok=True)
         if output_bag.exists():
             shutil.rmtree(output_bag)
 
@@ -135,7 +135,7 @@ def replay(
         "read_error": reading.error,
         **summaries(evaluation, reading.frames_read, reading.duration_s, wall_s),
     }
-    return write_outputs(report, evaluation, out_dir, slop_ms=slop_s * 1e3)
+    return write_outputs(report, evaluation, output_bag.parent, slop_ms=slop_s * 1e3)
 
 
 def _run_entries(engine: "MafsEngine", pairer: ApproximateTimePairer, sync: dict[str, float],

@@ -77,6 +77,7 @@ class FrameAccounting:
         self._rejected: Counter[str] = Counter()  # reason -> frames (or pairs: PAIR_REJECTIONS) refused
         self._repaired_non_finite = 0  # 32FC1 thermal frames fused after replacing NaN/inf pixels
         self._dropped_on_deactivate = 0  # pairs never published because the node was deactivated
+        self._alone: Counter[str] = Counter()  # camera -> frames fused alone, the other camera silent
         self._incompatible_qos: dict[str, str] = {}  # input topic -> the last incompatibility, while it lasts
         self._incompatible_qos_events = 0
         self._errors_since_report = 0
@@ -98,6 +99,10 @@ class FrameAccounting:
     def repaired(self) -> None:
         with self._lock:
             self._repaired_non_finite += 1
+
+    def alone(self, camera: str) -> None:
+        with self._lock:
+            self._alone[camera] += 1
 
     def dropped_inactive(self, pairs: int) -> None:
         if pairs:
@@ -150,6 +155,7 @@ class FrameAccounting:
             repaired = self._repaired_non_finite
             qos_events = self._incompatible_qos_events
             dropped_on_deactivate = self._dropped_on_deactivate
+            alone = dict(self._alone)
         return {
             "received_rgb": self.input_rates[RGB_TOPIC].total,
             "received_thermal": self.input_rates[THERMAL_TOPIC].total,
@@ -161,6 +167,8 @@ class FrameAccounting:
             "dropped_on_deactivate": dropped_on_deactivate,
             "rejected": rejected,
             "repaired_non_finite": repaired,
+            "alone_rgb": alone.get("rgb", 0),
+            "alone_thermal": alone.get("thermal", 0),
             "queued": queued,
             "pairing": pairing,
         }
@@ -197,15 +205,23 @@ class FrameAccounting:
 
 
 def fusion_status(report: Report, *, fusing: str | None, incompatible: Mapping[str, str],
-                  lossy: Mapping[str, float], resolve: Callable[[str], str]) -> tuple[int, str]:
+                  lossy: Mapping[str, float], resolve: Callable[[str], str],
+                  silent: tuple[str, float] | None = None) -> tuple[int, str]:
     """Level and message of the fusing node's status, the most serious problem first. `fusing`: None while
-    fusing, else why not (e.g. "inactive: model loaded, not fusing"); `resolve`: a topic's full name."""
+    fusing, else why not (e.g. "inactive: model loaded, not fusing"); `resolve`: a topic's full name; `silent`:
+    the camera ("rgb" or "thermal") silent past sync.degraded_after_s (the second item), if any."""
     if fusing is not None:
         return DiagnosticStatus.OK, fusing
     if report.errors:
         return DiagnosticStatus.ERROR, f"{report.errors} inference error(s): {report.last_error}"
     if incompatible:
         return DiagnosticStatus.WARN, "; ".join(incompatible.values())
+    if silent is not None:
+        camera, after_s = silent
+        other = "thermal" if camera == "rgb" else "rgb"
+        topic = resolve(RGB_TOPIC if camera == "rgb" else THERMAL_TOPIC)
+        return DiagnosticStatus.WARN, (f"{camera} camera down: nothing on {topic} for over {after_s:g} s; fusing "
+                                       f"{other} alone (the {camera} image blank) until it delivers again")
     if lossy:
         return DiagnosticStatus.WARN, "frames lost before the node: " + ", ".join(
             f"{resolve(t)} {p:.0f} %" for t, p in lossy.items()
@@ -252,6 +268,8 @@ def status_values(report: Report, counters: Mapping[str, Any], accounting: Frame
         "published": counters["published"],
         "dropped": counters["dropped"],
         "repaired_non_finite": counters["repaired_non_finite"],
+        "alone_rgb": counters["alone_rgb"],
+        "alone_thermal": counters["alone_thermal"],
         "rejected_total": sum(counters["rejected"].values()),
         **{f"rejected.{reason}": n for reason, n in sorted(counters["rejected"].items())},
         "device": str(engine.device),

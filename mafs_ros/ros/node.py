@@ -35,11 +35,12 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNodeMixin
+from rclpy.lifecycle import LifecycleNodeMixin, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.task import Future
 
@@ -55,11 +56,14 @@ from ..stamps import stamp_ns
 from ..stream.conversions import ImageConversionError
 from ..stream.frames import InputFrame, decode_input
 from ..stream.pairing import ApproximateTimePairer, Pair
-from ..stream.processing import process_pair
+from ..stream.degraded import Alone, SilenceWatch
+from ..stream.processing import process_alone, process_pair
 from ..stream.registration import SizeMismatchError
 from . import diagnostics
 from .diagnostics import FrameAccounting
+from .inputs import InputSubscriptions
 from .lifecycle import ManagedSteps
+from .logging_bridge import route_package_logging, unroute
 from .outputs import Outputs
 from .parameters import (
     StartupError,
@@ -72,8 +76,6 @@ from .parameters import (
 )
 from .transport import use_large_image_profile
 from .worker import Workers
-
-logger = logging.getLogger(__name__)
 
 
 class MafsNode(ManagedSteps, Node):
@@ -88,17 +90,19 @@ class MafsNode(ManagedSteps, Node):
 
     def __init__(self, *, engine: Any = None, **node_kwargs: Any) -> None:
         Node.__init__(self, NODE_NAME, **node_kwargs)
-        declare_parameters(self)
-        self._lifecycle = bool(self._param("lifecycle"))
+        self._log_handler = route_package_logging(self.get_logger())
+        self._lifecycle = declare_parameters(self)
         self._given_engine = engine
         self._engine: Any = None  # None while unconfigured
         self._pairer: ApproximateTimePairer | None = None  # kept after cleanup: counters() reports the last run
         self._accounting = FrameAccounting()
         self._workers: Workers | None = None  # kept after cleanup: stop() reports whether its thread ended
         self._outputs: Outputs | None = None
-        self._input_subscriptions: list[Any] = []
+        self._input_subscriptions: list[Any] = []  # camera info, and the cameras under message_filters
+        self._inputs: InputSubscriptions | None = None  # the cameras under the builtin pairing
         self._synchronizer = None
         self._camera_info: CameraInfo | None = None
+        self._watch: SilenceWatch | None = None  # while active with sync.degraded_after_s > 0
         # Fusing happens only while _active; the worker checks it under this lock right before publishing, so
         # deactivate waits for a publish in progress but never for a forward pass.
         self._active = False
@@ -115,10 +119,16 @@ class MafsNode(ManagedSteps, Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if self._lifecycle:
             LifecycleNodeMixin.__init__(self, enable_communication_interface=True)
-            self.get_logger().info(
-                f"managed node, unconfigured: `ros2 lifecycle set {self.get_fully_qualified_name()} configure`, "
-                "then `activate`"
-            )
+            if self._param("autostart"):
+                # The same transitions a manager would request: a failed configure leaves the node unconfigured,
+                # its reason in /diagnostics, ready for another configure.
+                if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                    self.trigger_activate()
+            else:
+                self.get_logger().info(
+                    f"managed node, unconfigured: `ros2 lifecycle set {self.get_fully_qualified_name()} configure`, "
+                    "then `activate` (or a lifecycle manager)"
+                )
         else:
             self._configure()
             self._activate()
@@ -146,7 +156,7 @@ class MafsNode(ManagedSteps, Node):
         self._pairer = pairer
         self._accounting = FrameAccounting()
         self._camera_info = None
-        self._outputs = Outputs(self, settings.output_qos, managed=self._lifecycle)
+        self._outputs = Outputs(self, settings.output_qos, managed=self._lifecycle, jpeg_quality=settings.jpeg_quality)
         self._workers = Workers(self._process, self._inference_failed, pairer.next_deadline_ns,
                                 lambda: self._hand_over(None, pairer.expire(time.monotonic_ns()), time.perf_counter()))
         self.get_logger().info(
@@ -158,6 +168,9 @@ class MafsNode(ManagedSteps, Node):
     def _activate(self) -> None:
         """Publishes segmentation/info, then subscribes to the inputs: fusing starts."""
         self._outputs.publish_info(self._engine, self.get_clock().now().to_msg())
+        degraded_after_s = self._settings.degraded_after_s
+        degraded = degraded_after_s > 0 and self._settings.backend == "builtin"  # message_filters pairs only
+        self._watch = SilenceWatch(degraded_after_s, time.monotonic_ns()) if degraded else None
         with self._publish_lock:
             self._active = True
         self._create_subscriptions()
@@ -169,7 +182,9 @@ class MafsNode(ManagedSteps, Node):
         returns how many were waiting. Frames still waiting for a partner are counted unmatched."""
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
-        self._input_subscriptions, self._synchronizer = [], None
+        if self._inputs is not None:
+            self._inputs.close()
+        self._input_subscriptions, self._synchronizer, self._inputs = [], None, None
         with self._publish_lock:
             self._active = False
         waiting = len(self._pairer.flush()) + self._workers.mailbox.clear()
@@ -205,22 +220,30 @@ class MafsNode(ManagedSteps, Node):
 
     def _create_subscriptions(self) -> None:
         qos = self._settings.input_qos
-        existing = set(self.subscriptions)
         if self._settings.backend == "builtin":
-            for topic, callback in ((RGB_TOPIC, self._on_rgb), (THERMAL_TOPIC, self._on_thermal)):
-                events = SubscriptionEventCallbacks(
-                    incompatible_qos=lambda info, topic=topic: self._on_incompatible_qos(topic, info)
-                )
-                self.create_subscription(
-                    Image, topic, callback, qos, callback_group=self._inputs_group, event_callbacks=events
-                )
-        else:
+            settings = self._settings
+            self._inputs = InputSubscriptions(
+                {RGB_TOPIC: settings.rgb_transport, THERMAL_TOPIC: settings.thermal_transport},
+                {RGB_TOPIC: self._on_rgb, THERMAL_TOPIC: self._on_thermal},
+                self._subscribe_camera, self.destroy_subscription, self._publisher_types, self.resolve_topic_name)
+            self.get_logger().info("inputs: " + ", ".join(f"{self._inputs.topic(t)} {self._inputs.describe(t)}"
+                                                          for t in (RGB_TOPIC, THERMAL_TOPIC)))
+        existing = set(self.subscriptions)
+        if self._settings.backend != "builtin":
             self._subscribe_message_filters(qos)
         self.create_subscription(
             CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos, callback_group=self._inputs_group
         )
         # Found in the node rather than kept from the calls: message_filters creates its subscriptions itself.
         self._input_subscriptions = [s for s in self.subscriptions if s not in existing]
+
+    def _subscribe_camera(self, msg_type: type, topic: str, callback: Any, logical: str) -> Any:
+        events = SubscriptionEventCallbacks(incompatible_qos=lambda info: self._on_incompatible_qos(topic, info))
+        return self.create_subscription(msg_type, topic, callback, self._settings.input_qos,
+                                        callback_group=self._inputs_group, event_callbacks=events)
+
+    def _publisher_types(self, topic: str) -> list[str]:
+        return [info.topic_type for info in self.get_publishers_info_by_topic(topic)]
 
     def _subscribe_message_filters(self, qos: Any) -> None:
         message_filters = _import_message_filters()
@@ -256,15 +279,31 @@ class MafsNode(ManagedSteps, Node):
     def _on_rgb(self, msg: Image) -> None:
         start = time.perf_counter()
         frame = self._accept(RGB_TOPIC, msg)
-        if frame is not None:
+        if frame is not None and not self._went_alone("rgb", frame, start):
             self._hand_over(frame, self._pairer.add_rgb(stamp_ns(msg.header), frame, frame.receive_ns), start)
 
     def _on_thermal(self, msg: Image) -> None:
         start = time.perf_counter()
         frame = self._accept(THERMAL_TOPIC, msg)
-        if frame is not None:
+        if frame is not None and not self._went_alone("thermal", frame, start):
             self._hand_over(frame, self._pairer.add_thermal(stamp_ns(msg.header), frame, frame.receive_ns), start)
             self._workers.wake_deadline()  # the frame may wait for a nearer RGB frame until its deadline
+
+    def _went_alone(self, camera: str, frame: InputFrame, start: float) -> bool:
+        """Hands `frame` over to be fused alone if the other camera is silent (sync.degraded_after_s)."""
+        watch = self._watch
+        if watch is None:
+            return False
+        alone, change = watch.seen(camera, frame.receive_ns)
+        # Two call sites: rclpy refuses another severity from a call site it has seen.
+        if change and alone:
+            self.get_logger().warning(change)
+        elif change:
+            self.get_logger().info(change)
+        if alone:
+            self._accounting.alone(camera)
+            self._hand_over(frame, [Alone(frame, camera)], start)
+        return alone
 
     def _on_synchronized_pair(self, rgb: Image, thermal: Image) -> None:
         start = time.perf_counter()
@@ -274,7 +313,7 @@ class MafsNode(ManagedSteps, Node):
             self._pairer.count_external_pair(pair)
             self._hand_over(rgb_frame, [pair], start)  # one callback for both frames: counted once, on RGB
 
-    def _hand_over(self, frame: InputFrame | None, pairs: list[Pair], start: float) -> None:
+    def _hand_over(self, frame: InputFrame | None, pairs: list[Pair | Alone], start: float) -> None:
         # Set before the pair reaches the worker, which adds it to the pair's overhead.
         if frame is not None:
             frame.callback_ms = (time.perf_counter() - start) * 1e3
@@ -321,29 +360,43 @@ class MafsNode(ManagedSteps, Node):
             self.get_logger().error("".join(traceback.format_exception(exc)), throttle_duration_sec=10.0)
         return True
 
-    def _process(self, pair: Pair) -> None:
+    def _process(self, item: Pair | Alone) -> None:
         want_overlay = self._outputs.wants_overlay()
-        try:
-            processed = process_pair(self._engine, pair.rgb.image, pair.thermal.image, self._settings.homography,
-                                     want_confidence=self._publish_confidence, want_overlay=want_overlay)
-        except SizeMismatchError as exc:
-            self._reject(exc.reason, str(exc))
-            return
+        options = {"want_confidence": self._publish_confidence, "want_overlay": want_overlay}
+        if isinstance(item, Alone):
+            frames, header = [item.frame], item.frame.msg.header
+            processed = process_alone(self._engine, item.frame.image, item.camera, **options)
+            zero = Time()
+            stamps = {"rgb_stamp": zero if item.camera == "thermal" else None,
+                      "thermal_stamp": header.stamp if item.camera == "thermal" else zero}
+            camera_info = self._camera_info if item.camera == "rgb" else None
+        else:
+            frames, header = [item.rgb, item.thermal], item.rgb.msg.header
+            try:
+                processed = process_pair(self._engine, item.rgb.image, item.thermal.image, self._settings.homography,
+                                         **options)
+            except SizeMismatchError as exc:
+                self._reject(exc.reason, str(exc))
+                return
+            stamps, camera_info = {"thermal_stamp": item.thermal.msg.header.stamp}, self._camera_info
         inferred, result = time.perf_counter(), processed.result
+        missing = item.missing if isinstance(item, Alone) else ""
 
-        images = self._outputs.encode(result, pair.rgb.msg.header)
+        images = self._outputs.encode(result, header)
         with self._publish_lock:
             if not self._active:  # deactivated during the forward pass
                 self._accounting.dropped_inactive(1)
                 return
-            self._outputs.publish(result, images, pair.thermal.msg, self._camera_info, want_overlay)
+            self._outputs.publish(result, images, camera_info=camera_info, want_overlay=want_overlay,
+                                  missing_input=missing, **stamps)
         done = time.perf_counter()
 
-        latency_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
-        callbacks_ms = pair.rgb.callback_ms + pair.thermal.callback_ms
+        latency_ms = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e6
+        callbacks_ms = sum(frame.callback_ms for frame in frames)
+        # A blank thermal image spans nothing: only real thermal frames count towards the span warning.
+        span = None if missing == "thermal" else getattr(result, "thermal_span", None)
         self._accounting.published(sum(result.timings.values()), latency_ms,
-                                   callbacks_ms + processed.registration_ms + (done - inferred) * 1e3,
-                                   getattr(result, "thermal_span", None))
+                                   callbacks_ms + processed.registration_ms + (done - inferred) * 1e3, span)
 
     # ------------------------------------------------------------------------------------------------
     # Diagnostics and parameters
@@ -359,7 +412,10 @@ class MafsNode(ManagedSteps, Node):
         Once the node is idle (no pair waiting in the mailbox or being fused) every frame is accounted for:
             received_rgb + received_thermal == frames rejected (reasons outside diagnostics.PAIR_REJECTIONS)
                 + 2 * pairing.matched + pairing.unmatched_rgb + pairing.unmatched_thermal + queued
-            pairing.matched == published + dropped + pairs rejected (reasons in diagnostics.PAIR_REJECTIONS)
+                + alone_rgb + alone_thermal
+            pairing.matched + alone_rgb + alone_thermal == published + dropped
+                + pairs rejected (reasons in diagnostics.PAIR_REJECTIONS)
+        alone_rgb / alone_thermal count the frames fused alone while the other camera was silent.
         dropped includes dropped_on_deactivate, the pairs a deactivation kept from being published.
         A managed node reports its current configuration, or after cleanup its last one.
         repaired_non_finite counts thermal frames that were fused after their NaN/inf pixels were replaced.
@@ -392,13 +448,21 @@ class MafsNode(ManagedSteps, Node):
         accounting, counters = self._accounting, self.counters()
         report = accounting.take_report()
         incompatible = {}
-        if self._settings.backend == "builtin":
-            incompatible = diagnostics.incompatible_publishers(self, accounting, self._settings.input_qos)
+        inputs = self._inputs  # once: a deactivation on another executor thread may close them meanwhile
+        if inputs is not None:
+            for change in inputs.refresh():
+                self.get_logger().info(f"input transport: {change}")
+            incompatible = {**diagnostics.incompatible_publishers(self, accounting, self._settings.input_qos),
+                            **inputs.type_clashes()}
+        watch = self._watch
+        silent = watch.silent(time.monotonic_ns()) if watch is not None and self._active else None
         level, message = diagnostics.fusion_status(
             report, fusing=None if self._active else f"{state}: model loaded, not fusing", incompatible=incompatible,
             lossy=accounting.lossy_inputs(), resolve=self.resolve_topic_name,
+            silent=None if silent is None else (silent, self._settings.degraded_after_s),
         )
         values = diagnostics.status_values(report, counters, accounting, engine)
+        values["missing_input"] = silent or ""
         if self._lifecycle:
             values["lifecycle_state"] = state
             values["dropped_on_deactivate"] = counters["dropped_on_deactivate"]
@@ -422,6 +486,8 @@ class MafsNode(ManagedSteps, Node):
         """A runtime parameter's new value, accepted by `change_refusal`."""
         if name == "overlay_alpha":
             self._engine.overlay_alpha = float(value)
+        elif name == "jpeg_quality":
+            self._outputs.jpeg_quality = int(value)
         elif name == "publish_confidence":
             self._publish_confidence = bool(value)
         elif name == "sync.slop_s":
@@ -446,6 +512,7 @@ class MafsNode(ManagedSteps, Node):
 
     def destroy_node(self) -> None:
         self.stop()
+        unroute(self._log_handler)
         super().destroy_node()
 
 

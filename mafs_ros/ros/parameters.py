@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..constants import IDENTITY_HOMOGRAPHY, MAX_WAIT_S, QUEUE_SIZE, SLOP_S, THERMAL_OFFSET_S
@@ -49,7 +49,13 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                       "16-bit /65535; 32FC1 needs a range), 'fixed:LO,HI' (e.g. degrees C), 'minmax' "
                                       "(per frame), 'percentile:LO,HI' (per frame); empty: the checkpoint's (changeable "
                                       "at run time)."),
+    "rgb_transport": ("auto", "raw | compressed | auto: the RGB input as sensor_msgs/Image on rgb/image or as "
+                              "image_transport's compressed plugin (CompressedImage on rgb/image/compressed, JPEG or "
+                              "PNG); auto: what the topic's publishers offer."),
+    "thermal_transport": ("auto", "raw | compressed | auto, as rgb_transport (a 16-bit PNG keeps its 16 bits)."),
     "overlay_alpha": (0.5, "Weight of the label colours in segmentation/overlay, 0..1 (changeable at run time)."),
+    "jpeg_quality": (90, "JPEG quality of fused/image/compressed and segmentation/overlay/compressed, which are "
+                         "encoded only while subscribed (changeable at run time)."),
     "publish_confidence": (False, "Compute and publish segmentation/confidence (32FC1 max softmax) and fill "
                                   "mafs/result.confidence (changeable at run time)."),
     "qos.input.reliability": ("best_effort", "Input subscriptions: best_effort (REP-2003 sensor data; accepts "
@@ -68,50 +74,100 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                                 "time)."),
     "sync.max_wait_s": (MAX_WAIT_S, "Longest wait of a thermal frame for a nearer RGB frame once one within slop is "
                                     "there; 0: pair with the best frame at hand (changeable at run time)."),
+    "sync.degraded_after_s": (1.0, "One input silent this long while the other flows: the node fuses the other "
+                                   "alone (the missing image blank, as the model was trained for a failed camera), "
+                                   "says so in /diagnostics and mafs/result, and pairs again when both flow; 0: "
+                                   "never."),
     "registration.homography": (list(IDENTITY_HOMOGRAPHY), "Row-major 3x3 homography from thermal pixels to RGB "
                                                            "pixels; thermal is warped into the RGB image before "
                                                            "fusion. Identity: pre-registered cameras."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages, seconds."),
-    "lifecycle": (False, "true: a managed node that starts unconfigured and is driven through <node>/change_state "
-                         "(configure loads the model, activate starts fusing); false: it starts fusing at once."),
+    "lifecycle": (False, "true: a managed node driven through <node>/change_state (configure loads the model, "
+                         "activate starts fusing); false: a plain node that starts fusing at once."),
+    "autostart": (True, "With lifecycle true: configure and activate at start (false: wait unconfigured for a "
+                        "lifecycle manager, e.g. nav2's)."),
+}
+# Numeric ranges (inclusive), in the descriptors (`ros2 param describe`) and checked by rclpy on every change.
+RANGES: dict[str, tuple[float, float]] = {
+    "warmup": (0, 100),
+    "overlay_alpha": (0.0, 1.0),
+    "jpeg_quality": (1, 100),
+    "qos.input.depth": (1, 100),
+    "qos.output.depth": (1, 100),
+    "sync.slop_s": (1e-6, 3600.0),
+    "sync.queue_size": (1, 1000),
+    "sync.thermal_offset_s": (-3600.0, 3600.0),
+    "sync.max_wait_s": (0.0, 3600.0),
+    "sync.degraded_after_s": (0.0, 3600.0),
+    "diagnostics_period_s": (0.01, 3600.0),
 }
 RUNTIME_PARAMETERS = ("overlay_alpha", "publish_confidence", "sync.slop_s", "sync.thermal_offset_s", "sync.max_wait_s",
-                      "thermal_normalization")
+                      "thermal_normalization", "jpeg_quality")
 # Read when the node is created, in both modes; the other parameters are read by configure (a managed node
 # accepts changes to them while unconfigured).
-CREATION_PARAMETERS = ("lifecycle", "diagnostics_period_s")
+CREATION_PARAMETERS = ("lifecycle", "autostart", "diagnostics_period_s")
+TRANSPORTS = ("auto", "raw", "compressed")
 
 Getter = Callable[[str], Any]  # parameter name -> its current value
 
 
 def usage() -> str:
-    """`mafs_node --help`: how to start the node and every parameter with its default (no model is loaded)."""
+    """`mafs_node --help`: how to start the node and every parameter with its default and range (no model is
+    loaded, no torch imported)."""
     lines = ["usage: mafs_node [--ros-args -p NAME:=VALUE ... --params-file FILE]", "",
-             "RGB + thermal fusion and semantic segmentation (MAFS). Parameters (default; (runtime): changeable "
-             "while running):", ""]
+             "RGB + thermal fusion and semantic segmentation (MAFS). Parameters (default, range; runtime: changeable "
+             "while running; read-only: a plain node reads it once, at start-up):", ""]
     for name, (default, description) in PARAMETERS.items():
-        runtime = " (runtime)" if name in RUNTIME_PARAMETERS else ""
-        lines.append(f"  {name} = {default!r}{runtime}")
+        notes = [f"range {RANGES[name][0]:g}..{RANGES[name][1]:g}"] if name in RANGES else []
+        notes.append("runtime" if name in RUNTIME_PARAMETERS else "read-only")
+        lines.append(f"  {name} = {default!r}  ({', '.join(notes)})")
         lines.append(f"      {description}")
     return "\n".join(lines)
 
 
-def declare_parameters(node: Any) -> None:
-    """Declares every parameter with its default and description; raises StartupError for a value of the wrong
-    type (given with -p or a parameter file)."""
+def declare_parameters(node: Any) -> bool:
+    """Declares every parameter with its default, description, range and read-only flag; returns `lifecycle`.
+    Raises StartupError for a value of the wrong type or out of range (given with -p or a parameter file).
+
+    Read-only are the parameters read when the node is created and, for a plain node, every one but the runtime
+    ones; a managed node reads them at configure, so they may change while it is unconfigured."""
     try:
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
+        lifecycle = node.declare_parameter("lifecycle", False, _descriptor("lifecycle", read_only=True)).value
+        for name, (default, _) in PARAMETERS.items():
+            if name != "lifecycle":
+                read_only = name in CREATION_PARAMETERS or (not lifecycle and name not in RUNTIME_PARAMETERS)
+                node.declare_parameter(name, default, _descriptor(name, read_only))
+    except InvalidParameterValueException as exc:  # out of range
+        raise StartupError(f"bad parameter: {exc}") from None
     except ParameterException as exc:
         # rclpy types parameters strictly: `-p sync.slop_s:=1` is an integer where a double is declared.
         raise StartupError(f"bad parameter: {exc} (write 1.0, not 1, for a double; a list of doubles needs "
                            "every element as a double)") from None
+    return bool(lifecycle)
+
+
+def _descriptor(name: str, read_only: bool) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=PARAMETERS[name][1], read_only=read_only)
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        if isinstance(PARAMETERS[name][0], int):
+            descriptor.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return descriptor
 
 
 def positive(name: str, value: Any) -> float:
     """`value` of parameter `name` as a float; StartupError unless it is a finite number > 0."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise StartupError(f"parameter {name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def non_negative(name: str, value: Any) -> float:
+    """`value` of parameter `name` as a float; StartupError unless it is a finite number >= 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise StartupError(f"parameter {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -129,6 +185,10 @@ class Settings:
     homography: np.ndarray | None  # None: identity, no warp
     overlay_alpha: Any  # checked by the engine, which takes it
     publish_confidence: bool
+    rgb_transport: str
+    thermal_transport: str
+    jpeg_quality: int
+    degraded_after_s: float  # 0: never
 
 
 def read_settings(get: Getter) -> Settings:
@@ -137,19 +197,26 @@ def read_settings(get: Getter) -> Settings:
         homography = parse_homography(get("registration.homography"), "registration.homography")
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    max_wait = get("sync.max_wait_s")
-    if runtime_value_problem("sync.max_wait_s", max_wait, ParameterType.PARAMETER_DOUBLE):
-        raise StartupError(f"parameter sync.max_wait_s must be a finite number >= 0, got {max_wait!r}")
+    max_wait = non_negative("sync.max_wait_s", get("sync.max_wait_s"))
     slop_s = positive("sync.slop_s", get("sync.slop_s"))
     queue_size = int(positive("sync.queue_size", get("sync.queue_size")))
     input_qos, output_qos = _qos(get, "qos.input"), _qos(get, "qos.output")
     backend = str(get("sync.backend"))
     if backend not in SYNC_BACKENDS:
         raise StartupError(f"parameter sync.backend must be 'builtin' or 'message_filters', got {backend!r}")
+    transports = {name: str(get(name)) for name in ("rgb_transport", "thermal_transport")}
+    for name, transport in transports.items():
+        if transport not in TRANSPORTS:
+            raise StartupError(f"parameter {name} must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        if backend == "message_filters" and transport == "compressed":
+            raise StartupError(f"parameter {name} compressed needs sync.backend builtin")
+    degraded_after_s = non_negative("sync.degraded_after_s", get("sync.degraded_after_s"))
     return Settings(
         slop_s=slop_s, queue_size=queue_size, thermal_offset_s=float(get("sync.thermal_offset_s")),
-        max_wait_s=float(max_wait), backend=backend, input_qos=input_qos, output_qos=output_qos,
+        max_wait_s=max_wait, backend=backend, input_qos=input_qos, output_qos=output_qos,
         homography=homography, overlay_alpha=get("overlay_alpha"), publish_confidence=bool(get("publish_confidence")),
+        rgb_transport=transports["rgb_transport"], thermal_transport=transports["thermal_transport"],
+        jpeg_quality=int(get("jpeg_quality")), degraded_after_s=degraded_after_s,
     )
 
 
@@ -228,6 +295,8 @@ def runtime_value_problem(name: str, value: Any, kind: int) -> str | None:
         return "must be a finite number"
     if name == "sync.max_wait_s" and not (number and value >= 0):
         return "must be a finite number >= 0"
+    if name == "jpeg_quality" and not (kind == ParameterType.PARAMETER_INTEGER and 1 <= value <= 100):
+        return "must be an integer within [1, 100]"
     if name == "publish_confidence" and kind != ParameterType.PARAMETER_BOOL:
         return "must be true or false"
     if name == "thermal_normalization":

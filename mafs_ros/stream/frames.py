@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .conversions import thermal_with_repairs, visible_from_image
+from .compressed import decode_compressed, is_compressed
+from .conversions import ImageConversionError, thermal_with_repairs, visible_from_image
 
 
 @dataclass
@@ -25,6 +26,17 @@ class InputFrame:
 
 
 def decode_input(msg: Any, visible: bool) -> tuple[np.ndarray, int]:
-    """The pixels of an RGB (`visible`) or thermal image message, and how many non-finite thermal pixels were
-    replaced. Raises conversions.ImageConversionError for a frame that cannot be fused."""
-    return (visible_from_image(msg), 0) if visible else thermal_with_repairs(msg)
+    """The pixels of an RGB (`visible`) or thermal message, an Image or a CompressedImage, and how many
+    non-finite thermal pixels were replaced. Raises conversions.ImageConversionError for a frame that cannot be
+    fused."""
+    if not is_compressed(msg):
+        return (visible_from_image(msg), 0) if visible else thermal_with_repairs(msg)
+    pixels = decode_compressed(msg)
+    if visible and pixels.ndim == 2 and pixels.dtype == np.uint8:
+        return np.repeat(pixels[:, :, None], 3, axis=2), 0
+    if visible and pixels.ndim == 3 or not visible and pixels.ndim == 2:
+        return pixels, 0
+    wanted = "8-bit colour or mono" if visible else "one channel (mono8 or mono16)"
+    raise ImageConversionError("unsupported_encoding", f"cannot use CompressedImage (format {msg.format!r}) as "
+                               f"{'RGB' if visible else 'thermal'}: {pixels.shape} {pixels.dtype} pixels, "
+                               f"{wanted} expected")

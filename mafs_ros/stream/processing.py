@@ -1,6 +1,7 @@
 """The per-pair step of the node, `mafs replay` and the recording report: register the thermal image into the RGB
 camera, check the sizes, run the engine. One function, so that "replay behaves like the live node" holds by
-construction. The engine is passed in (anything with MafsEngine's `infer`): this module needs no torch.
+construction. Also the node's step for one camera alone (the other one down). The engine is passed in (anything
+with MafsEngine's `infer`): this module needs no torch.
 """
 
 from __future__ import annotations
@@ -35,3 +36,14 @@ def process_pair(engine: Any, rgb: np.ndarray, thermal: np.ndarray, homography: 
     registration_ms = (time.perf_counter() - start) * 1e3
     result = engine.infer(rgb, registered, **infer_options) if engine is not None else None
     return ProcessedPair(result, registered, registration_ms)
+
+
+def process_alone(engine: Any, image: np.ndarray, camera: str, **infer_options: Any) -> ProcessedPair:
+    """Fuse one camera's frame alone (`camera` "rgb" or "thermal"), the other camera's image blank: zeros, a dark
+    or failed camera, as the model was trained with modality dropout. The result is in this frame's pixels."""
+    height, width = image.shape[:2]
+    if camera == "rgb":
+        rgb, thermal = image, np.zeros((height, width), np.uint8)
+    else:
+        rgb, thermal = np.zeros((height, width, 3), np.uint8), image
+    return ProcessedPair(engine.infer(rgb, thermal, **infer_options), thermal, 0.0)

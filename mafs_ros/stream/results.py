@@ -31,17 +31,20 @@ def info_message(info_type: type, header: Any, engine: Any) -> Any:
 
 
 def result_message(result_type: type, header: Any, *, fused: Any, labels: Any, confidence: Any,
-                   thermal_stamp: Any, timings: Mapping[str, float]) -> Any:
-    """FusedSegmentation of one pair: the RGB input's header (also its rgb_stamp), the output images (an empty
-    Image as `confidence` when it is off), the thermal input's stamp and the engine's stage timings."""
+                   thermal_stamp: Any, timings: Mapping[str, float], rgb_stamp: Any = None,
+                   missing_input: str = "") -> Any:
+    """FusedSegmentation of one pair: the RGB input's header (also `rgb_stamp` unless given), the output images
+    (an empty Image as `confidence` when it is off), the thermal input's stamp and the engine's stage timings.
+    One camera alone: `missing_input` names the other, whose stamp is given as a zero time."""
     return result_type(
         header=header,
         fused=fused,
         labels=labels,
         confidence=confidence,
-        rgb_stamp=header.stamp,
+        rgb_stamp=header.stamp if rgb_stamp is None else rgb_stamp,
         thermal_stamp=thermal_stamp,
         **{name: float(timings.get(name, 0.0)) for name in TIMING_FIELDS},
+        missing_input=missing_input,
     )
 
 
