@@ -365,3 +365,20 @@ def test_replay_reads_the_homography_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.yaml").write_text("/**:\n  ros__parameters: {}\n")
     assert cli.main([*argv[:-1], str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
     assert "no registration.homography" in capsys.readouterr().err
+
+
+def test_bag_mode_reads_compressed_cameras(tmp_path, samples):
+    """A bag recorded as robots do (image_transport's compressed topics) gives the pairs of its raw twin: thermal
+    exactly (PNG), RGB within JPEG's error."""
+    from mafs_ros.calibrate import pairs_from_bag
+
+    pairs = [(rgb, thermal) for _, thermal, rgb in samples[:2]]
+    bags.write_pairs_bag(tmp_path / "raw", pairs, labels_topic=None)
+    bags.write_pairs_bag(tmp_path / "compressed", pairs, labels_topic=None, rgb_compression="jpeg",
+                         thermal_compression="png")
+    raw = pairs_from_bag(tmp_path / "raw", "/rgb/image", "/thermal/image")
+    compressed = pairs_from_bag(tmp_path / "compressed", "/rgb/image", "/thermal/image")
+    assert [p.name for p in compressed] == [p.name for p in raw] and len(raw) == 2
+    for a, b in zip(raw, compressed):
+        np.testing.assert_array_equal(a.thermal, b.thermal)
+        assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() < 3
