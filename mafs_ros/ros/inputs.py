@@ -47,13 +47,13 @@ class _Input:
 class InputSubscriptions:
     """The two camera subscriptions of an active node (see the module docstring).
 
-    subscribe(msg_type, topic, callback, logical): creates one subscription (the node adds QoS, callback group and
-    event handlers) and returns it; destroy(subscription) removes it; publisher_types(topic): the message types
+    subscribe(msg_type, topic, callback): creates one subscription (the node adds QoS, callback group and event
+    handlers) and returns it; destroy(subscription) removes it; publisher_types(topic): the message types
     of the topic's publishers.
     """
 
     def __init__(self, settings: dict[str, str], callbacks: dict[str, Callable[[Any], None]],
-                 subscribe: Callable[[type, str, Callable[[Any], None], str], Any], destroy: Callable[[Any], None],
+                 subscribe: Callable[[type, str, Callable[[Any], None]], Any], destroy: Callable[[Any], None],
                  publisher_types: Callable[[str], list[str]], resolve: Callable[[str], str]) -> None:
         self._inputs = {logical: _Input(logical, setting) for logical, setting in settings.items()}
         self._callbacks = callbacks
@@ -116,4 +116,4 @@ class InputSubscriptions:
             self._destroy(entry.subscription)
         entry.transport = transport
         entry.topic = base if transport == "raw" else compressed_topic(base)
-        entry.subscription = self._subscribe(_TYPES[transport][0], entry.topic, self._callbacks[logical], logical)
+        entry.subscription = self._subscribe(_TYPES[transport][0], entry.topic, self._callbacks[logical])

@@ -34,8 +34,8 @@ import traceback
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy._rclpy_pybind11 import RCLError
@@ -237,7 +237,7 @@ class MafsNode(ManagedSteps, Node):
         # Found in the node rather than kept from the calls: message_filters creates its subscriptions itself.
         self._input_subscriptions = [s for s in self.subscriptions if s not in existing]
 
-    def _subscribe_camera(self, msg_type: type, topic: str, callback: Any, logical: str) -> Any:
+    def _subscribe_camera(self, msg_type: type, topic: str, callback: Any) -> Any:
         events = SubscriptionEventCallbacks(incompatible_qos=lambda info: self._on_incompatible_qos(topic, info))
         return self.create_subscription(msg_type, topic, callback, self._settings.input_qos,
                                         callback_group=self._inputs_group, event_callbacks=events)
