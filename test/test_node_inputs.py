@@ -202,6 +202,7 @@ def test_one_camera_down_the_other_goes_on_alone_and_pairs_resume(ros, silent):
         if any(r.missing_input == silent for r in results_since(before)) and "first" not in locals():
             first = time.monotonic() - stopped
     assert "first" in locals() and first < 2.0, "no result from one camera within 2 s"
+    print(f"{silent} stopped: first result from {other} alone after {first:.2f} s")
     assert warned and set(warned) == {silent}
     alone = [r for r in results_since(before) if r.missing_input == silent]
     kept = alone[-1].rgb_stamp if other == "rgb" else alone[-1].thermal_stamp
