@@ -42,6 +42,7 @@ class _Input:
     transport: str = ""
     topic: str = ""  # the resolved topic subscribed to
     subscription: Any = None
+    settled: bool = False  # auto: no publisher found yet, the choice is looked at again
 
 
 class InputSubscriptions:
@@ -59,20 +60,19 @@ class InputSubscriptions:
         self._callbacks = callbacks
         self._subscribe, self._destroy = subscribe, destroy
         self._publisher_types, self._resolve = publisher_types, resolve
-        self._settled: dict[str, bool] = {}
-        for logical in self._inputs:
-            self._update(logical)
+        for entry in self._inputs.values():
+            self._update(entry)
 
     def refresh(self) -> list[str]:
         """Looks again at the publishers of the unsettled auto inputs; returns a line for each one that changed
         transport (for the log)."""
         changed = []
-        for logical, settled in list(self._settled.items()):
-            if not settled:
-                before = self._inputs[logical].transport
-                self._update(logical)
-                if self._inputs[logical].transport != before:
-                    changed.append(f"{self._inputs[logical].topic}: {self.describe(logical)}")
+        for entry in self._inputs.values():
+            if not entry.settled:
+                before = entry.transport
+                self._update(entry)
+                if entry.transport != before:
+                    changed.append(f"{entry.topic}: {self.describe(entry.logical)}")
         return changed
 
     def describe(self, logical: str) -> str:
@@ -105,10 +105,9 @@ class InputSubscriptions:
                 self._destroy(entry.subscription)
                 entry.subscription = None
 
-    def _update(self, logical: str) -> None:
-        entry = self._inputs[logical]
-        base = self._resolve(logical)
-        transport, self._settled[logical] = choose_transport(
+    def _update(self, entry: _Input) -> None:
+        base = self._resolve(entry.logical)
+        transport, entry.settled = choose_transport(
             entry.setting, self._publisher_types(base), self._publisher_types(compressed_topic(base)))
         if transport == entry.transport and entry.subscription is not None:
             return
@@ -116,4 +115,4 @@ class InputSubscriptions:
             self._destroy(entry.subscription)
         entry.transport = transport
         entry.topic = base if transport == "raw" else compressed_topic(base)
-        entry.subscription = self._subscribe(_TYPES[transport][0], entry.topic, self._callbacks[logical])
+        entry.subscription = self._subscribe(_TYPES[transport][0], entry.topic, self._callbacks[entry.logical])

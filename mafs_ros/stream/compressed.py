@@ -64,12 +64,14 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 def encode_png(image: np.ndarray) -> tuple[str, bytes]:
     """A (H, W) uint8 / uint16 or (H, W, 3) uint8 RGB image as PNG: the CompressedImage's format and data."""
-    encoding = {1: "mono16" if image.dtype == np.uint16 else "mono8", 3: "rgb8"}[1 if image.ndim == 2 else 3]
-    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    if image.ndim == 3:
+        encoding, coded, pixels = "rgb8", "bgr8", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    else:
+        encoding = coded = "mono16" if image.dtype == np.uint16 else "mono8"
+        pixels = image
     ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise ImageConversionError("invalid_array", f"OpenCV could not encode a {image.shape} image as PNG")
-    coded = "bgr8" if encoding == "rgb8" else encoding
     return f"{encoding}; png compressed {coded}", encoded.tobytes()
 
 
