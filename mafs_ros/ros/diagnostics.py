@@ -20,6 +20,7 @@ from rclpy.qos import QoSCompatibility, QoSProfile, qos_check_compatible
 
 from ..constants import RGB_TOPIC, THERMAL_TOPIC
 from ..stats import percentile
+from ..stream.degraded import other_camera
 from ..stream.frame_loss import FrameLossEstimator
 
 # An input losing more than this share of its recent frames (estimated from stamp gaps) turns the status WARN.
@@ -218,7 +219,7 @@ def fusion_status(report: Report, *, fusing: str | None, incompatible: Mapping[s
         return DiagnosticStatus.WARN, "; ".join(incompatible.values())
     if silent is not None:
         camera, after_s = silent
-        other = "thermal" if camera == "rgb" else "rgb"
+        other = other_camera(camera)
         topic = resolve(RGB_TOPIC if camera == "rgb" else THERMAL_TOPIC)
         return DiagnosticStatus.WARN, (f"{camera} camera down: nothing on {topic} for over {after_s:g} s; fusing "
                                        f"{other} alone (the {camera} image blank) until it delivers again")

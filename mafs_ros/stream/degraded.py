@@ -18,7 +18,7 @@ class Alone:
 
     @property
     def missing(self) -> str:
-        return _other(self.camera)
+        return other_camera(self.camera)
 
 
 class SilenceWatch:
@@ -39,7 +39,7 @@ class SilenceWatch:
     def seen(self, camera: str, now_ns: int) -> tuple[bool, str | None]:
         """A frame of `camera` arrived at `now_ns`: whether it goes alone, and a line for the log when the node
         enters or leaves single-camera fusion (None otherwise)."""
-        other = _other(camera)
+        other = other_camera(camera)
         self._last[camera] = max(self._last[camera], now_ns)
         silent_ns = now_ns - self._last[other]
         state = camera if silent_ns >= self._after_ns else None
@@ -48,7 +48,7 @@ class SilenceWatch:
             return state is not None, None
         if state is not None:
             return True, f"{other} camera silent for {silent_ns / 1e9:.1f} s: fusing {camera} alone until it delivers"
-        return False, f"{_other(before)} camera delivers again: fusing pairs"
+        return False, f"{other_camera(before)} camera delivers again: fusing pairs"
 
     def silent(self, now_ns: int) -> str | None:
         """The camera silent for `degraded_after_s` while the other one delivers, or None."""
@@ -56,5 +56,6 @@ class SilenceWatch:
         return quiet[0] if len(quiet) == 1 else None
 
 
-def _other(camera: str) -> str:
+def other_camera(camera: str) -> str:
+    """The other one of CAMERAS."""
     return "thermal" if camera == "rgb" else "rgb"
