@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 from safetensors.torch import load_file
 
 from mafs_ros.cli import main
@@ -319,3 +320,35 @@ def test_class_offsets_are_fitted_at_the_end_and_folded_into_the_classifier(tmp_
     torch.testing.assert_close(shipped, trained + offsets)
     with pytest.raises(ValueError, match="use config mafs-lite"):
         fold_into_classifier(build_model(get_config("mafs-tiny")), np.zeros(9, np.float32))
+
+
+def test_the_weight_average_follows_the_trained_weights_with_its_decay() -> None:
+    from mafs_ros.train.ema import WeightAverage
+
+    net = nn.BatchNorm1d(3)
+    average = WeightAverage(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    net.num_batches_tracked.fill_(7)
+    average.update(net)  # ramp: decay min(0.5, 2/11)
+    torch.testing.assert_close(average.module.weight, torch.full((3,), 1.0 * 2 / 11 + 2.0 * 9 / 11))
+    for _ in range(50):
+        average.update(net)
+    torch.testing.assert_close(average.module.weight, torch.full((3,), 2.0))
+    assert int(average.module.num_batches_tracked) == 7 and average.updates == 51
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_a_run_with_a_weight_average_validates_and_exports_the_average(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    cfg = _config(data, tmp_path / "run", ema_decay=0.9, eval_every=100)
+    cfg.stage1.epochs, cfg.stage2.epochs = 0, 2
+    path = train(cfg)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    exported, averaged = load_file(path), state["ema"]["weights"]
+    raw = {k.removeprefix("net."): v for k, v in state["pretrainer"].items() if k.startswith("net.")}
+    assert state["ema"]["updates"] == 4 and exported.keys() <= averaged.keys()
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    assert any(not torch.equal(exported[k], raw[k]) for k in exported if raw[k].is_floating_point())
+    assert all(torch.equal(exported[k], v) for k, v in load_file(train(cfg, resume=True)).items())

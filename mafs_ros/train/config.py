@@ -126,6 +126,9 @@ class TrainConfig:
     # At the end, fit per-class logit offsets on the labelled training frames and fold them into the classifier's
     # bias (train/class_offsets.py; mafs-lite): rare thin classes then win the arg-max where they are learnt.
     class_offsets: bool = False
+    # Validate and export an exponential moving average of Stage II's weights with this decay per step (0: the
+    # last step's weights; train/ema.py).
+    ema_decay: float = 0.0
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=20))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=100))
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -36,6 +36,7 @@ from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_confi
 from .class_offsets import class_log_probs, fit_class_offsets, fold_into_classifier
 from .config import OptimConfig, TrainConfig
 from .data import FusionSegDataset, label_pixel_counts, split_pairs
+from .ema import WeightAverage
 from .run_log import write_run_logs
 from .losses import (
     ChannelWiseDistillation,
@@ -177,6 +178,7 @@ class Trainer:
         if self.dist.ddp and self.device.type == "cuda":
             self.pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(self.pretrainer)
             self.net = self.pretrainer.net
+        self.ema = WeightAverage(self.net, cfg.ema_decay) if cfg.ema_decay else None  # Stage II's steps only
 
         if not 0.0 < cfg.loss.seg_loss_scale <= 1.0:
             raise ValueError(f"loss.seg_loss_scale must be in (0, 1], got {cfg.loss.seg_loss_scale}")
@@ -250,6 +252,7 @@ class Trainer:
             "pretrainer": self.pretrainer.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "task_weights": self.task_weights.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": torch.get_rng_state(),
             "history": json.dumps(self.history),
             "config": json.dumps(self.cfg.to_dict()),
@@ -268,6 +271,8 @@ class Trainer:
         self.iteration = state["iteration"]
         self.epoch_sums = json.loads(state["epoch_sums"])
         self.task_weights.load_state_dict(state["task_weights"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.history = json.loads(state["history"])
         self._resume_optimizer = state["optimizer"]
@@ -298,6 +303,8 @@ class Trainer:
         if self._stop_requested:
             self.save_state()
             raise KeyboardInterrupt(f"training interrupted; state saved to {self.state_path} (use --resume)")
+        if self.ema is not None:
+            self.ema.copy_to(self.net)
         if self.cfg.class_offsets and self.dist.is_main:
             self._fit_class_offsets()
         return self._export()
@@ -384,6 +391,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 losses = self._train_step(model, batch, stage1)
+                if self.ema is not None and not stage1:
+                    self.ema.update(module)
                 for name, value in losses.items():  # [sum, steps]: a loss may skip steps (loss.fusion_every)
                     total, count = self.epoch_sums.get(name, (0.0, 0))
                     self.epoch_sums[name] = [total + value, count + 1]
@@ -490,7 +499,7 @@ class Trainer:
         row |= {f"weight_{k}": v for k, v in weights.items()}
         last = last or self.epoch == self._stage_epochs()
         if self.dist.is_main and not stage1 and self.val_pairs and (self.epoch % self.cfg.eval_every == 0 or last):
-            row |= {f"val_{k}": v for k, v in self.validate().items()}
+            row |= {f"val_{k}": v for k, v in self.validate(self.ema.module if self.ema else self.net).items()}
         self.history.append(row)
         if self.dist.is_main:
             logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -500,15 +509,17 @@ class Trainer:
 
     # ---- validation, logs, export -------------------------------------------------------------------------
 
-    def validate(self) -> dict[str, float]:
-        """Fusion metrics (mean) and mIoU of the current weights on the validation pairs, at full size."""
+    def validate(self, net: MafsNet | MafsLiteNet | None = None) -> dict[str, float]:
+        """Fusion metrics (mean) and mIoU of `net` (the trained weights) on the validation pairs, at full size."""
         from ..engine import MafsEngine
         from ..imaging import thermal_u8
         from ..io.images import load_pair
         from ..metrics import ConfusionMatrix, day_night, fusion_metrics, luma_u8
 
+        net = net if net is not None else self.net
+
         engine = MafsEngine(
-            model=self.net, class_names=self.class_set.class_names, palette=self.class_set.palette,
+            model=net, class_names=self.class_set.class_names, palette=self.class_set.palette,
             device=str(self.device), thermal_normalization=self.cfg.data.thermal_normalization,
         )
         confusion = ConfusionMatrix(self.net.config.num_classes)
