@@ -499,7 +499,8 @@ class Trainer:
         row |= {f"weight_{k}": v for k, v in weights.items()}
         last = last or self.epoch == self._stage_epochs()
         if self.dist.is_main and not stage1 and self.val_pairs and (self.epoch % self.cfg.eval_every == 0 or last):
-            row |= {f"val_{k}": v for k, v in self.validate(self.ema.module if self.ema else self.net).items()}
+            scored = self.ema.module if self.ema is not None else self.net
+            row |= {f"val_{k}": v for k, v in self.validate(scored).items()}
         self.history.append(row)
         if self.dist.is_main:
             logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -509,14 +510,13 @@ class Trainer:
 
     # ---- validation, logs, export -------------------------------------------------------------------------
 
-    def validate(self, net: MafsNet | MafsLiteNet | None = None) -> dict[str, float]:
-        """Fusion metrics (mean) and mIoU of `net` (the trained weights) on the validation pairs, at full size."""
+    def validate(self, net: MafsNet | MafsLiteNet) -> dict[str, float]:
+        """Fusion metrics (mean) and mIoU of `net` (the trained weights or their average) on the validation pairs,
+        at full size."""
         from ..engine import MafsEngine
         from ..imaging import thermal_u8
         from ..io.images import load_pair
         from ..metrics import ConfusionMatrix, day_night, fusion_metrics, luma_u8
-
-        net = net if net is not None else self.net
 
         engine = MafsEngine(
             model=net, class_names=self.class_set.class_names, palette=self.class_set.palette,
@@ -561,7 +561,7 @@ class Trainer:
                "offsets": dict(zip(self.class_set.class_names, offsets.tolist()))}
         logger.info("class offsets fitted on %d training frames: %s", len(labelled), row["offsets"])
         if self.val_pairs:
-            row |= {f"val_{k}": v for k, v in self.validate().items()}
+            row |= {f"val_{k}": v for k, v in self.validate(self.net).items()}
         self.history.append(row)
         self._write_logs()
 
