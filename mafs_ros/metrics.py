@@ -114,9 +114,11 @@ def _entropy(p: np.ndarray, log: Callable[[np.ndarray], np.ndarray] = np.log2) -
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Whole-image Pearson correlation (MATLAB `corr2`)."""
+    """Whole-image Pearson correlation (MATLAB `corr2`); NaN where either image is constant, as corr2 gives."""
     dx, dy = x - x.mean(), y - y.mean()
-    return float((dx * dy).sum() / math.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    # A blanked camera is a constant image: say undefined plainly rather than through numpy's 0/0 warning.
+    den = math.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / den) if den else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -175,6 +176,17 @@ def test_vif_and_ssim_of_identical_images() -> None:
     # A constant reference makes VIF 0/0, which the evaluator scores 1.0.
     assert M.vif(np.full_like(img, 7), img, img) == pytest.approx(2.0, rel=1e-9)
     assert M.ssim(img, img, img) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_scd_with_a_blanked_camera_is_undefined_without_a_warning() -> None:
+    # A blanked visible camera is a constant B; with F = A, corr(F - A, B) correlates two constants: undefined.
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 256, (32, 40)).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(M.scd(ir, np.full_like(ir, 16), ir))
+        vi = ir[::-1].copy()
+        assert not math.isnan(M.scd(ir, vi, ir // 2 + vi // 2))  # two textured inputs: defined
 
 
 def test_mismatched_shapes_raise() -> None:
