@@ -26,6 +26,7 @@ from mafs_ros.train.data import (
     joint_augment,
     label_pixel_counts,
     paste_classes,
+    repeat_rare_frames,
     rotate,
     salient_class_ids,
     scene_augment,
@@ -638,3 +639,23 @@ def test_modality_dropout_blanks_one_camera_of_some_items(tmp_path, samples):
         FusionSegDataset(pairs, modality_dropout=1.5)
     with pytest.raises(ValueError, match="can blank"):
         blank_modality({"vi": np.ones(2)}, "label")
+
+
+def test_repeat_factor_sampling_repeats_the_frames_of_classes_seen_in_few_frames(tmp_path: Path) -> None:
+    def pair(stem: str, classes: list[int] | None) -> PairFiles:
+        label = None
+        if classes is not None:
+            label = tmp_path / f"{stem}.png"
+            cv2.imwrite(str(label), np.array([classes + [255]], dtype=np.uint8))  # ignore pixels count for nothing
+        return PairFiles(stem, ir=tmp_path / "ir.png", vi=tmp_path / "vi.png", label=label)
+
+    common = [pair(f"c{i}", [0, 1]) for i in range(9)]
+    rare, unlabelled = pair("rare", [0, 1, 2]), pair("u", None)  # class 2: in 1 of 10 frames
+    pairs = [*common, rare, unlabelled] * 3  # a source's repeat
+    repeated = repeat_rare_frames(pairs, num_classes=9, threshold=0.4)  # sqrt(0.4 / 0.1) = 2
+    assert repeated.count(rare) == 6
+    assert repeated.count(common[0]) == 3 and repeated.count(unlabelled) == 3
+    assert len(repeated) == len(pairs) + 3
+    assert repeat_rare_frames(pairs, num_classes=9, threshold=0.0) == pairs
+    with pytest.raises(ValueError, match="repeat_threshold must be >= 0"):
+        repeat_rare_frames(pairs, num_classes=9, threshold=-0.1)

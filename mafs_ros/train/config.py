@@ -43,6 +43,9 @@ class DataConfig:
     rare_classes: list[str] = field(default_factory=list)
     # Probability that a labelled sample's crop is placed around a pixel of rare_classes (augment "scene").
     rare_crop: float = 0.0
+    # Repeat-factor sampling of labelled training frames (train/data.py repeat_rare_frames): a class shown in
+    # fewer than this fraction of the frames has its frames repeated by sqrt(repeat_threshold / fraction); 0: off.
+    repeat_threshold: float = 0.0
     thermal_normalization: str = "fixed"
     class_set: str = "msrs"
     workers: int = 2

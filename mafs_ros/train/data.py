@@ -10,6 +10,8 @@ rank, or on whether the run was resumed.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -82,6 +84,32 @@ def split_pairs(data: DataConfig) -> tuple[list[PairFiles], list[PairFiles]]:
     if not train:
         raise ValueError("the training config lists no training data (data.train)")
     return train, val
+
+
+def repeat_rare_frames(pairs: Sequence[PairFiles], num_classes: int, threshold: float) -> list[PairFiles]:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019) over labelled frames: a class shown in a fraction
+    f of the distinct labelled frames asks for max(1, sqrt(threshold / f)) times the frames showing it, and each
+    labelled pair keeps round(n * r) of its n copies in `pairs`, r the largest factor its classes ask.
+
+    Why frames and not pixels: a class seen in a handful of frames (bumps, guardrails) is learnt by one seed and
+    missed by the next; more steps on those frames make it steadier, where class weights or crops would only
+    reweight pixels of frames that are already drawn. threshold 0 returns `pairs` unchanged.
+    """
+    if threshold < 0:
+        raise ValueError(f"repeat_threshold must be >= 0, got {threshold}")
+    labelled = sorted({p.label for p in pairs if p.label is not None})
+    if not threshold or not labelled:
+        return list(pairs)
+    shown = {label: np.unique(read_label(label, num_classes)) for label in labelled}
+    frames = np.zeros(num_classes, dtype=np.int64)
+    for ids in shown.values():
+        frames[ids[ids < num_classes]] += 1
+    factor = {
+        label: max([1.0, *(math.sqrt(threshold * len(labelled) / frames[c]) for c in ids if c < num_classes)])
+        for label, ids in shown.items()
+    }
+    copies = Counter(pairs)  # in first-seen order
+    return [p for p, n in copies.items() for _ in range(round(n * factor[p.label]) if p.label is not None else n)]
 
 
 # ---------------------------------------------------------------------------------------------------------

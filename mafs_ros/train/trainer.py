@@ -35,7 +35,7 @@ from ..imaging import ThermalNormalization, rgb_to_ycbcr, ycbcr_to_rgb
 from ..model import MafsLiteNet, MafsNet, MafsPretrainer, build_model, get_config
 from .class_offsets import class_log_probs, fit_class_offsets, fold_into_classifier
 from .config import OptimConfig, TrainConfig
-from .data import FusionSegDataset, label_pixel_counts, split_pairs
+from .data import FusionSegDataset, label_pixel_counts, repeat_rare_frames, split_pairs
 from .ema import WeightAverage
 from .run_log import write_run_logs
 from .losses import (
@@ -183,6 +183,7 @@ class Trainer:
         if not 0.0 < cfg.loss.seg_loss_scale <= 1.0:
             raise ValueError(f"loss.seg_loss_scale must be in (0, 1], got {cfg.loss.seg_loss_scale}")
         self.train_pairs, self.val_pairs = split_pairs(cfg.data)
+        self.train_pairs = repeat_rare_frames(self.train_pairs, model_cfg.num_classes, cfg.data.repeat_threshold)
         if cfg.data.val_limit:
             self.val_pairs = self.val_pairs[: cfg.data.val_limit]
         self.has_labels = any(p.label is not None for p in self.train_pairs)
