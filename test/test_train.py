@@ -191,6 +191,15 @@ def test_balanced_class_weights_come_from_the_training_labels(tmp_path: Path) ->
         Trainer(_config(data, tmp_path / "bad", loss__seg_class_weighting="inverse"))
 
 
+def test_the_trainer_draws_frames_of_rare_classes_more_often(tmp_path: Path) -> None:
+    data = _tiles(tmp_path / "data")
+    trainer = Trainer(_config(data, tmp_path / "run", data__repeat_threshold=4.0))
+    stems = [p.stem for p in trainer.train_pairs]  # the one labelled tile shows its classes in 1 of 1 frames
+    assert stems.count("00702N") == 2 and len(stems) == len(STEMS) + 1  # sqrt(4 / 1); unlabelled pairs once
+    with pytest.raises(ValueError, match="repeat_threshold must be >= 0"):
+        Trainer(_config(data, tmp_path / "bad", data__repeat_threshold=-0.5))
+
+
 def test_segmentation_losses_at_a_lower_resolution(tmp_path: Path) -> None:
     data = _tiles(tmp_path / "data")
     trainer = Trainer(_config(data, tmp_path / "run", loss__seg_loss_scale=0.5))
