@@ -89,7 +89,7 @@ def split_pairs(data: DataConfig) -> tuple[list[PairFiles], list[PairFiles]]:
 def repeat_rare_frames(pairs: Sequence[PairFiles], num_classes: int, threshold: float) -> list[PairFiles]:
     """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019) over labelled frames: a class shown in a fraction
     f of the distinct labelled frames asks for max(1, sqrt(threshold / f)) times the frames showing it, and each
-    labelled pair keeps round(n * r) of its n copies in `pairs`, r the largest factor its classes ask.
+    labelled pair of n copies in `pairs` gets round(n * r), r the largest factor its classes ask for.
 
     Why frames and not pixels: a class seen in a handful of frames (bumps, guardrails) is learnt by one seed and
     missed by the next; more steps on those frames make it steadier, where class weights or crops would only
