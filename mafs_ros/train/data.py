@@ -100,12 +100,13 @@ def repeat_rare_frames(pairs: Sequence[PairFiles], num_classes: int, threshold: 
     labelled = sorted({p.label for p in pairs if p.label is not None})
     if not threshold or not labelled:
         return list(pairs)
-    shown = {label: np.unique(read_label(label, num_classes)) for label in labelled}
-    frames = np.zeros(num_classes, dtype=np.int64)
-    for ids in shown.values():
-        frames[ids[ids < num_classes]] += 1
+    shown, frames = {}, np.zeros(num_classes, dtype=np.int64)
+    for label in labelled:
+        ids = np.unique(read_label(label, num_classes))
+        shown[label] = ids[ids < num_classes]  # the ignore label is no class
+        frames[shown[label]] += 1
     factor = {
-        label: max([1.0, *(math.sqrt(threshold * len(labelled) / frames[c]) for c in ids if c < num_classes)])
+        label: max([1.0, *(math.sqrt(threshold * len(labelled) / frames[c]) for c in ids)])
         for label, ids in shown.items()
     }
     copies = Counter(pairs)  # in first-seen order
